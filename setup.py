@@ -1,0 +1,50 @@
+"""Packaging for lap-speechbrain: Layer Attentive Pooling speaker verification on SpeechBrain."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="lap_speechbrain",
+    version="0.1.0",
+    description=(
+        "Layer Attentive Pooling (LAP) over all WavLM hidden states for speaker "
+        "verification, as a SpeechBrain plugin and recipe"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lap_speechbrain", "lap_speechbrain.*"]),
+    install_requires=[
+        "speechbrain>=1.1.0",
+        "torch>=2.1",
+        "torchaudio>=2.1",
+        "transformers>=4.40",
+        "hyperpyyaml>=1.2.2",
+        "sentencepiece>=0.1.99",
+        "huggingface_hub>=0.23",
+        "soundfile>=0.12",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "scikit-learn>=1.3",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "demo": ["espeakng-loader>=0.2.4", "pyroomacoustics>=0.7.4"],
+        "test": [
+            "pytest>=7.4",
+            "espeakng-loader>=0.2.4",
+            "pyroomacoustics>=0.7.4",
+        ],
+    },
+    entry_points={"console_scripts": ["lap-speechbrain=lap_speechbrain.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio :: Speech",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny random WavLM models built offline, once per session."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_WAVLM = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(16,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    num_buckets=32,
+    max_bucket_distance=64,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_wavlm_large(tmp_path_factory) -> str:
+    """Folder of a tiny Large-type WavLM (stable layer norm, LayerNorm CNN)."""
+    from lap_speechbrain.lobes.random_ssl import save_random_wavlm
+
+    return save_random_wavlm(
+        tmp_path_factory.mktemp("wavlm_large"),
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+        layerdrop=0.5,
+        **TINY_WAVLM,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_wavlm_base(tmp_path_factory) -> str:
+    """Folder of a tiny Base-type WavLM (GroupNorm in the first CNN layer)."""
+    from lap_speechbrain.lobes.random_ssl import save_random_wavlm
+
+    return save_random_wavlm(
+        tmp_path_factory.mktemp("wavlm_base"),
+        do_stable_layer_norm=False,
+        feat_extract_norm="group",
+        layerdrop=0.5,
+        **TINY_WAVLM,
+    )
+
+
+@pytest.fixture
+def make_encoder(tmp_path):
+    """Builds an SSLSpeakerEncoder on a tiny WavLM folder."""
+    from speechbrain.integrations.huggingface.wavlm import WavLM
+
+    from lap_speechbrain.lobes import SSLSpeakerEncoder
+
+    def build(source: str, frozen: bool = True, **backend) -> SSLSpeakerEncoder:
+        backend = {"lap_channels": 16, "num_heads": 4, "embedding_dim": 8, **backend}
+        ssl = WavLM(source, save_path=str(tmp_path / "ssl_cache"))
+        return SSLSpeakerEncoder(ssl, frozen=frozen, **backend)
+
+    return build
