@@ -1,0 +1,20 @@
+"""Data preparation: manifests, VoxCeleb, custom corpora and noise/RIR CSVs.
+
+Authors
+ * lap-speechbrain contributors 2026
+"""
+
+from lap_speechbrain.data.custom import prepare_custom_corpus
+from lap_speechbrain.data.manifest import read_csv, scan_audio, speaker_encoder, write_csv
+from lap_speechbrain.data.noise import prepare_noise_csvs
+from lap_speechbrain.data.voxceleb import prepare_voxceleb
+
+__all__ = [
+    "prepare_custom_corpus",
+    "prepare_noise_csvs",
+    "prepare_voxceleb",
+    "read_csv",
+    "scan_audio",
+    "speaker_encoder",
+    "write_csv",
+]

@@ -1,0 +1,433 @@
+"""Data preparation on tiny audio trees made here: manifests, VoxCeleb, custom corpora, noise CSVs."""
+
+import csv
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from speechbrain.dataio.encoder import CategoricalEncoder
+
+from lap_speechbrain.data.custom import make_trials, prepare_custom_corpus
+from lap_speechbrain.data.manifest import read_csv, scan_audio, speaker_encoder, write_csv
+from lap_speechbrain.data.noise import prepare_noise_csvs
+from lap_speechbrain.data.voxceleb import (
+    MissingDecoderError,
+    convert_m4a_to_wav,
+    find_ffmpeg,
+    prepare_voxceleb,
+    read_trial_list,
+)
+
+RATE = 16000
+TEST_SPEAKERS = ("id10270", "id10271")
+DEV_SPEAKERS = ("id10001", "id10002", "id10003", "id10004", "id10005")
+VIDEOS = ("vidA", "vidB")
+UTTS = ("00001", "00002")
+
+
+def write_wav(path: Path, seconds: float, seed: int, channels: int = 1) -> Path:
+    """A short tone plus noise; each file differs through the seed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    audio = 0.3 * np.sin(2 * np.pi * (100 + 10 * seed) * t) + 0.05 * rng.standard_normal(t.size)
+    if channels > 1:
+        audio = np.stack([audio * (c + 1) / channels for c in range(channels)], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, audio.astype(np.float32), RATE, subtype="PCM_16")
+    return path
+
+
+def make_tree(root: Path, speakers, seconds: float = 1.2, ext: str = ".wav") -> Path:
+    seed = 0
+    for speaker in speakers:
+        for video in VIDEOS:
+            for utt in UTTS:
+                write_wav(root / speaker / video / f"{utt}{ext}", seconds, seed)
+                seed += 1
+    return root
+
+
+@pytest.fixture
+def vox1(tmp_path) -> Path:
+    """VoxCeleb1 layout with a corrupt, an empty and a too-short file among the dev speakers."""
+    root = make_tree(tmp_path / "vox1", TEST_SPEAKERS + DEV_SPEAKERS)
+    (root / "id10001" / "vidA" / "corrupt.wav").write_bytes(b"RIFF\x00\x01garbage" * 10)
+    (root / "id10002" / "vidA" / "empty.wav").write_bytes(b"")
+    write_wav(root / "id10003" / "vidA" / "short.wav", 0.2, seed=99)
+    return root
+
+
+def write_o_list(path: Path, speakers=TEST_SPEAKERS) -> Path:
+    a, b = speakers
+    lines = [
+        f"1 {a}/vidA/00001.wav {a}/vidB/00002.wav",
+        f"0 {a}/vidA/00001.wav {b}/vidA/00001.wav",
+        f"1 {b}/vidA/00002.wav {b}/vidB/00001.wav",
+        f"0 {b}/vidB/00002.wav {a}/vidB/00001.wav",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def speakers_in(csv_path) -> set:
+    return {row["spk_id"] for row in read_csv(csv_path)}
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def test_scan_audio_rows_and_skip_warnings(vox1, caplog):
+    with caplog.at_level(logging.WARNING, logger="lap_speechbrain.data.manifest"):
+        rows = scan_audio(vox1, min_duration=0.5, num_workers=2, desc="")
+    good = len(TEST_SPEAKERS + DEV_SPEAKERS) * len(VIDEOS) * len(UTTS)
+    assert len(rows) == good
+    row = rows[0]
+    assert list(row) == ["ID", "duration", "wav", "spk_id"]
+    assert row["ID"] == "id10001/vidA/00001" and row["spk_id"] == "id10001"
+    assert Path(row["wav"]).is_absolute() and Path(row["wav"]) == vox1 / "id10001/vidA/00001.wav"
+    assert row["duration"] == pytest.approx(1.2)
+    assert [r["ID"] for r in rows] == sorted(r["ID"] for r in rows)
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipping")]
+    assert len(skipped) == 3
+    assert any("corrupt.wav" in m and "unreadable" in m for m in skipped)
+    assert any("empty.wav" in m for m in skipped)
+    assert any("short.wav" in m and "too short" in m for m in skipped)
+    assert any(f"Skipped 3 of {good + 3}" in r.getMessage() for r in caplog.records)
+
+
+def test_scan_audio_ignores_hidden_and_stray_files(tmp_path, caplog):
+    root = make_tree(tmp_path / "corpus", ["a", "b"])
+    write_wav(root / "a" / "vidA" / ".00003.wav.tmp.wav", 0.5, seed=1)  # left by an interrupted write
+    write_wav(root / "a" / "vidA" / "._00001.wav", 0.5, seed=2)  # macOS metadata
+    write_wav(root / "no_speaker_folder.wav", 0.5, seed=3)
+    with caplog.at_level(logging.WARNING):
+        rows = scan_audio(root, desc="")
+    assert len(rows) == 2 * len(VIDEOS) * len(UTTS)
+    assert any("no_speaker_folder.wav" in r.getMessage() for r in caplog.records)
+
+
+def test_scan_audio_missing_root_and_speaker(tmp_path, vox1):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        scan_audio(tmp_path / "nowhere", desc="")
+    with pytest.raises(FileNotFoundError, match="id19999"):
+        scan_audio(vox1, speakers=["id10001", "id19999"], desc="")
+
+
+def test_write_csv_atomic_round_trip(tmp_path):
+    rows = [{"ID": "s/v/u", "duration": 2.25, "wav": "/x/s/v/u.wav", "spk_id": "s"}]
+    path = tmp_path / "out" / "m.csv"
+    write_csv(rows, path)
+    assert path.read_text().splitlines()[0] == "ID,duration,wav,spk_id"
+    assert read_csv(path) == rows
+    assert os.listdir(path.parent) == ["m.csv"]  # no temporary file left behind
+    # A failing write leaves the previous file intact.
+    with pytest.raises(ValueError):
+        write_csv([{"ID": "a", "unexpected": 1}], path)
+    assert read_csv(path) == rows and os.listdir(path.parent) == ["m.csv"]
+    with pytest.raises(ValueError, match="spk_id"):
+        write_csv([{"ID": "a", "duration": 1}], tmp_path / "bad.csv", fieldnames=("ID", "duration"))
+        read_csv(tmp_path / "bad.csv")
+
+
+def test_speaker_encoder_is_deterministic(tmp_path):
+    first = speaker_encoder(["id3", "id1", "id2", "id1"], tmp_path / "a" / "label_encoder.txt")
+    second = speaker_encoder(["id2", "id3", "id1"], tmp_path / "b" / "label_encoder.txt")
+    assert first.lab2ind == second.lab2ind == {"id1": 0, "id2": 1, "id3": 2}
+    loaded = CategoricalEncoder()
+    loaded.load(tmp_path / "a" / "label_encoder.txt")
+    assert loaded.lab2ind == first.lab2ind
+    assert (tmp_path / "a" / "label_encoder.txt").read_bytes() == (tmp_path / "b" / "label_encoder.txt").read_bytes()
+
+
+# --------------------------------------------------------------------------- VoxCeleb
+
+
+def test_voxceleb1_excludes_test_speakers(tmp_path, vox1, caplog):
+    o_list = write_o_list(tmp_path / "veri_test2.txt")
+    with caplog.at_level(logging.WARNING):
+        out = prepare_voxceleb(
+            tmp_path / "save", vox1_folder=vox1, trial_lists=[o_list], train_sets=["vox1"],
+            num_valid_speakers=2, num_valid_trials=8, num_workers=2,
+        )
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipping")]
+    assert len(skipped) == 3 and any("short.wav" in m and "too short" in m for m in skipped)
+    train, valid = speakers_in(out["train"]), speakers_in(out["valid"])
+    assert train | valid == set(DEV_SPEAKERS) and not train & valid and len(valid) == 2
+    assert not (train | valid) & set(TEST_SPEAKERS)
+    assert speakers_in(out["test"]) == set(TEST_SPEAKERS)
+    assert read_trial_list(out["trials"]["veri_test2.txt"]) == read_trial_list(o_list)
+    encoder = CategoricalEncoder()
+    encoder.load(out["label_encoder"])
+    assert encoder.lab2ind == {spk: i for i, spk in enumerate(sorted(train))}
+    # Bad files of the dev speakers were skipped, not listed.
+    assert not any("corrupt" in row["ID"] or "short" in row["ID"] for row in read_csv(out["train"]))
+    valid_ids = {row["ID"] for row in read_csv(out["valid"])}
+    for label, enrol, test in read_trial_list(out["valid_trials"]):
+        assert enrol.endswith(".wav") and enrol[:-4] in valid_ids and test[:-4] in valid_ids
+        assert (enrol.split("/")[0] == test.split("/")[0]) == bool(label)
+
+
+def test_voxceleb_trial_list_errors(tmp_path, vox1):
+    bad = tmp_path / "bad_list.txt"
+    bad.write_text(
+        "1 id10270/vidA/00001.wav id10270/vidA/09999.wav\n0 id10271/vidA/00001.wav id10270/vidZ/00001.wav\n"
+    )
+    with pytest.raises(FileNotFoundError) as error:
+        prepare_voxceleb(tmp_path / "s1", vox1_folder=vox1, trial_lists=[bad], train_sets=["vox1"],
+                         num_valid_speakers=2, num_valid_trials=4)
+    assert "2 utterance(s)" in str(error.value)
+    assert "id10270/vidA/09999.wav" in str(error.value) and "id10270/vidZ/00001.wav" in str(error.value)
+    # A trial speaker without a folder: the error names the folder.
+    write_o_list(bad, speakers=("id10270", "id10999"))
+    with pytest.raises(FileNotFoundError, match="id10999"):
+        prepare_voxceleb(tmp_path / "s2", vox1_folder=vox1, trial_lists=[bad], train_sets=["vox1"],
+                         num_valid_speakers=2, num_valid_trials=4)
+    with pytest.raises(FileNotFoundError, match="list_test_hard2.txt"):
+        prepare_voxceleb(tmp_path / "s3", vox1_folder=vox1, trial_lists=["list_test_hard2.txt"])
+    bad.write_text("1 only-two-fields.wav\n")
+    with pytest.raises(ValueError, match="line 1"):
+        read_trial_list(bad)
+    with pytest.raises(FileNotFoundError, match="no_vox1_here"):
+        prepare_voxceleb(tmp_path / "s4", vox1_folder=tmp_path / "no_vox1_here")
+
+
+def test_voxceleb1_with_whole_corpus_trials_refuses_to_train(tmp_path, vox1):
+    everyone = tmp_path / "list_test_all2.txt"
+    speakers = TEST_SPEAKERS + DEV_SPEAKERS
+    everyone.write_text("".join(
+        f"0 {a}/vidA/00001.wav {b}/vidA/00001.wav\n" for a, b in zip(speakers, speakers[1:])
+    ))
+    with pytest.raises(ValueError, match="none is left to train on"):
+        prepare_voxceleb(tmp_path / "s", vox1_folder=vox1, trial_lists=[everyone], train_sets=["vox1"],
+                         num_valid_speakers=2, num_valid_trials=4)
+
+
+def test_voxceleb_idempotent(tmp_path, vox1):
+    o_list = write_o_list(tmp_path / "veri_test2.txt")
+    kwargs = dict(vox1_folder=vox1, trial_lists=[o_list], train_sets=["vox1"],
+                  num_valid_speakers=2, num_valid_trials=8)
+    out = prepare_voxceleb(tmp_path / "save", **kwargs)
+    files = [out["train"], out["valid"], out["valid_trials"], out["label_encoder"], out["test"],
+             out["trials"]["veri_test2.txt"]]
+    mtimes = {f: os.stat(f).st_mtime_ns for f in files}
+    assert prepare_voxceleb(tmp_path / "save", **kwargs) == out
+    assert {f: os.stat(f).st_mtime_ns for f in files} == mtimes
+    # A new utterance changes the input: the manifests are written again and include it.
+    write_wav(vox1 / "id10004" / "vidC" / "00001.wav", 1.2, seed=50)
+    out = prepare_voxceleb(tmp_path / "save", **kwargs)
+    ids = {row["ID"] for row in read_csv(out["train"]) + read_csv(out["valid"])}
+    assert "id10004/vidC/00001" in ids
+    # Changed options too.
+    before = os.stat(out["valid_trials"]).st_mtime_ns
+    prepare_voxceleb(tmp_path / "save", **{**kwargs, "num_valid_trials": 6})
+    assert os.stat(out["valid_trials"]).st_mtime_ns != before
+    assert len(read_trial_list(out["valid_trials"])) == 6
+
+
+FAKE_FFMPEG = """#!{python}
+# Stands in for ffmpeg (stdlib only, to start fast): writes 1.5 s of 16-bit mono wav,
+# and fails like ffmpeg on inputs named bad*.
+import sys, wave
+args = sys.argv[1:]
+source, target, rate = args[args.index("-i") + 1], args[-1], int(args[args.index("-ar") + 1])
+if "/bad" in source:
+    sys.stderr.write(source + ": Invalid data found when processing input\\n")
+    sys.exit(1)
+with wave.open(target, "wb") as out:
+    out.setnchannels(1)
+    out.setsampwidth(2)
+    out.setframerate(rate)
+    out.writeframes(b"\\x10\\x00" * int(1.5 * rate))
+"""
+
+
+@pytest.fixture
+def vox2_m4a(tmp_path) -> Path:
+    root = tmp_path / "vox2" / "dev" / "aac"
+    for speaker in ("id00012", "id00015", "id00017"):
+        for video in VIDEOS:
+            for utt in UTTS:
+                path = root / speaker / video / f"{utt}.m4a"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"\x00\x00\x00\x18ftypM4A ")  # content is only read by ffmpeg
+    return root
+
+
+def test_m4a_without_decoder_says_what_to_install(tmp_path, vox2_m4a, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # makes the import fail
+    with pytest.raises(MissingDecoderError, match="apt-get install ffmpeg"):
+        find_ffmpeg()
+    with pytest.raises(MissingDecoderError, match="pip install imageio-ffmpeg"):
+        prepare_voxceleb(tmp_path / "save", vox2_folder=vox2_m4a, num_valid_speakers=2, num_valid_trials=4)
+    with pytest.raises(MissingDecoderError, match="/no/such/ffmpeg"):
+        find_ffmpeg("/no/such/ffmpeg")
+
+
+def test_m4a_conversion_through_ffmpeg(tmp_path, vox2_m4a, monkeypatch, caplog):
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    fake = bin_folder / "ffmpeg"
+    fake.write_text(FAKE_FFMPEG.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    (vox2_m4a / "id00012" / "vidA" / "bad.m4a").write_bytes(b"not aac")
+    with caplog.at_level(logging.WARNING):
+        out = prepare_voxceleb(tmp_path / "save", vox2_folder=vox2_m4a, num_valid_speakers=2,
+                               num_valid_trials=4, num_workers=2)
+    assert any("bad.m4a" in r.getMessage() and "Invalid data" in r.getMessage() for r in caplog.records)
+    rows = read_csv(out["train"]) + read_csv(out["valid"])
+    assert len(rows) == 3 * len(VIDEOS) * len(UTTS)
+    assert all(Path(r["wav"]).parents[2] == tmp_path / "save" / "vox2_wav" for r in rows)
+    assert soundfile.info(rows[0]["wav"]).samplerate == RATE and rows[0]["duration"] == 1.5
+    assert "test" not in out  # no VoxCeleb1, no trial lists
+    # Converted files are kept: a second conversion has nothing to do and needs no ffmpeg.
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))
+    (vox2_m4a / "id00012" / "vidA" / "bad.m4a").unlink()
+    assert convert_m4a_to_wav(vox2_m4a, tmp_path / "save" / "vox2_wav") == tmp_path / "save" / "vox2_wav"
+
+
+# --------------------------------------------------------------------------- custom corpus
+
+
+def test_custom_corpus_split_and_trials(tmp_path):
+    data = tmp_path / "corpus"
+    speakers = [f"spk{i:02d}" for i in range(8)]
+    make_tree(data, speakers[:4], ext=".wav")
+    make_tree(data, speakers[4:], ext=".flac")
+    write_wav(data / "spk00" / "deeper" / "nest" / "x.wav", 1.2, seed=7)  # any depth is fine
+    out = prepare_custom_corpus(data, tmp_path / "save", num_valid_speakers=3, num_valid_trials=20, seed=3)
+    train, valid = speakers_in(out["train"]), speakers_in(out["valid"])
+    assert len(valid) == 3 and not train & valid and train | valid == set(speakers)
+    assert "spk00/deeper/nest/x" in {r["ID"] for r in read_csv(out["train"]) + read_csv(out["valid"])}
+    trials = read_trial_list(out["valid_trials"])
+    assert len(trials) == 20 and sum(label for label, _, _ in trials) == 10
+    assert len({frozenset((e, t)) for _, e, t in trials}) == 20
+    for label, enrol, test in trials:
+        assert (data / enrol).is_file() and (data / test).is_file()  # relative to data_folder, with extension
+        assert {enrol.split("/")[0], test.split("/")[0]} <= valid
+        assert (enrol.split("/")[0] == test.split("/")[0]) == bool(label) and enrol != test
+    assert CategoricalEncoder.from_saved(out["label_encoder"]).lab2ind == {
+        spk: i for i, spk in enumerate(sorted(train))
+    }
+    # Same seed, same everything (a fresh folder); another seed, other held-out speakers.
+    again = prepare_custom_corpus(data, tmp_path / "again", num_valid_speakers=3, num_valid_trials=20, seed=3)
+    for key in ("train", "valid", "valid_trials"):
+        assert Path(again[key]).read_text() == Path(out[key]).read_text()
+    other = prepare_custom_corpus(data, tmp_path / "other", num_valid_speakers=3, num_valid_trials=20, seed=4)
+    assert speakers_in(other["valid"]) != valid
+    # Idempotent.
+    mtimes = [os.stat(p).st_mtime_ns for p in out.values()]
+    prepare_custom_corpus(data, tmp_path / "save", num_valid_speakers=3, num_valid_trials=20, seed=3)
+    assert [os.stat(p).st_mtime_ns for p in out.values()] == mtimes
+
+
+def test_custom_corpus_bad_requests(tmp_path):
+    data = make_tree(tmp_path / "corpus", ["a", "b", "c"])
+    with pytest.raises(ValueError, match="num_valid_speakers=3"):
+        prepare_custom_corpus(data, tmp_path / "s", num_valid_speakers=3, num_valid_trials=4)
+    with pytest.raises(ValueError, match="cannot draw 100 target"):
+        prepare_custom_corpus(data, tmp_path / "s", num_valid_speakers=2, num_valid_trials=200)
+    with pytest.raises(ValueError, match="inside the input folder"):
+        prepare_custom_corpus(data, data / "prepared", num_valid_speakers=2, num_valid_trials=4)
+    with pytest.raises(FileNotFoundError, match="missing_corpus"):
+        prepare_custom_corpus(tmp_path / "missing_corpus", tmp_path / "s", 2, 4)
+    # Exactly every possible pair: each speaker's 4 utterances give 6 target pairs.
+    utts = {s: [f"{s}/{i}" for i in range(4)] for s in "ab"}
+    trials = make_trials(utts, 24, seed=0)
+    assert sorted(label for label, _, _ in trials) == [0] * 12 + [1] * 12
+    assert len({frozenset((e, t)) for _, e, t in trials}) == 24
+
+
+# --------------------------------------------------------------------------- noise CSVs
+
+
+def test_noise_csvs_feed_speechbrain_augment(tmp_path, caplog):
+    from speechbrain.augment.time_domain import AddNoise, AddReverb
+
+    musan = tmp_path / "musan"
+    write_wav(musan / "noise" / "free-sound" / "noise-0001.wav", 1.0, seed=1)
+    write_wav(musan / "noise" / "sound-bible" / "noise-0002.wav", 0.8, seed=2)
+    write_wav(musan / "music" / "jamendo" / "music-0001.wav", 1.5, seed=3)
+    write_wav(musan / "speech" / "librivox" / "speech-0001.wav", 1.1, seed=4)
+    (musan / "speech" / "librivox" / "speech-broken.wav").write_bytes(b"")
+    rirs = tmp_path / "RIRS_NOISES"
+    write_wav(rirs / "real_rirs_isotropic_noises" / "RVB2014_type1_rir_largeroom1_near_angla.wav", 0.3, 5,
+              channels=8)
+    write_wav(rirs / "real_rirs_isotropic_noises" / "RVB2014_type1_noise_largeroom1_1.wav", 1.0, 6, channels=8)
+    write_wav(rirs / "simulated_rirs" / "smallroom" / "Room001" / "Room001-00001.wav", 0.2, seed=7)
+    soundfile.write(rirs / "simulated_rirs" / "smallroom" / "Room001" / "Room001-8k.wav", np.zeros(800), 8000)
+    mine = write_wav(tmp_path / "my_noises" / "fan.flac", 1.0, seed=8).parent
+
+    with caplog.at_level(logging.WARNING):
+        csvs = prepare_noise_csvs(tmp_path / "save", musan_folder=musan, rir_folder=rirs)
+    assert set(csvs) == {"noise", "music", "babble", "rir"}
+    assert any("speech-broken.wav" in r.getMessage() for r in caplog.records)
+    assert any("Room001-8k.wav" in r.getMessage() and "8000 Hz" in r.getMessage() for r in caplog.records)
+    for path in csvs.values():
+        with open(path, newline="") as file:
+            assert next(csv.reader(file)) == ["ID", "duration", "wav", "wav_format", "wav_opts"]
+    assert {r["ID"] for r in read_csv(csvs["noise"], ("ID",))} == {
+        "free-sound/noise-0001", "sound-bible/noise-0002"
+    }
+    assert len(read_csv(csvs["babble"], ("ID",))) == 1
+    rirs_rows = read_csv(csvs["rir"], ("ID",))
+    assert {r["ID"] for r in rirs_rows} == {
+        "real_rirs_isotropic_noises/RVB2014_type1_rir_largeroom1_near_angla",
+        "simulated_rirs/smallroom/Room001/Room001-00001",
+    }
+    # The 8-channel RIR was replaced by a mono copy.
+    for row in rirs_rows:
+        assert soundfile.info(row["wav"]).channels == 1
+
+    torch.manual_seed(0)
+    speech = torch.randn(2, 12000) * 0.1
+    lengths = torch.ones(2)
+    for kind in ("noise", "music", "babble"):
+        noisy = AddNoise(csv_file=csvs[kind], snr_low=5, snr_high=5, pad_noise=True)(speech, lengths)
+        assert noisy.shape == speech.shape and not torch.allclose(noisy, speech)
+    reverberant = AddReverb(csv_file=csvs["rir"])(speech)
+    assert reverberant.shape == speech.shape and not torch.allclose(reverberant, speech)
+
+    own = prepare_noise_csvs(tmp_path / "own", noise_folders={"noise": mine})
+    row = read_csv(own["noise"], ("ID",))[0]
+    assert row["ID"] == "fan" and row["wav_format"] == "flac"
+    assert AddNoise(csv_file=own["noise"], pad_noise=True)(speech, lengths).shape == speech.shape
+    mtime = os.stat(own["noise"]).st_mtime_ns
+    assert prepare_noise_csvs(tmp_path / "own", noise_folders={"noise": mine}) == own
+    assert os.stat(own["noise"]).st_mtime_ns == mtime
+
+    with pytest.raises(ValueError, match="'hum'"):
+        prepare_noise_csvs(tmp_path / "x", noise_folders={"hum": mine})
+    with pytest.raises(FileNotFoundError, match="MUSAN sub-folder 'music'"):
+        (musan / "music" / "jamendo" / "music-0001.wav").unlink()
+        for folder in (musan / "music" / "jamendo", musan / "music"):
+            folder.rmdir()
+        prepare_noise_csvs(tmp_path / "y", musan_folder=musan)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_prepare_data_cli(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "prepare_data", Path(__file__).parents[1] / "recipes" / "prepare_data.py"
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    data = make_tree(tmp_path / "corpus", ["a", "b", "c", "d"])
+    out = cli.main(["custom", "--data_folder", str(data), "--save_folder", str(tmp_path / "save"),
+                    "--num_valid_speakers", "2", "--num_valid_trials", "6", "--min_duration", "0.5"])
+    assert '"valid_trials"' in capsys.readouterr().out
+    assert len(read_trial_list(out["valid_trials"])) == 6
+    noise = cli.main(["noise", "--save_folder", str(tmp_path / "noise"), "--noise_folders", f"rir={data / 'a'}"])
+    assert set(noise) == {"rir"}
+    with pytest.raises(SystemExit):
+        cli.main(["noise", "--save_folder", "x", "--noise_folders", "no-equals-sign"])
+
