@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Scores speaker-verification trial lists with a trained model.
+
+Embeds every utterance of the trial lists (and of the training cohort) once,
+then reports EER and minDCF (p_target 0.01 and 0.05) for cosine, AS-Norm and
+AS-Norm + QMF scoring on each list: ``results.md``, ``results.json`` and
+``det_<list>.png`` in the output folder. See lap_spec.md section 6 and
+:func:`lap_speechbrain.scoring.run_verification`.
+
+To run::
+
+    python recipes/speaker_verification.py hparams/verification.yaml \\
+        --model=results/lap_wavlm/1986 --data_folder=/data/voxceleb1/wav \\
+        --cohort_csv=results/lap_wavlm/1986/save/train.csv
+
+Authors
+ * lap-speechbrain contributors 2026
+"""
+
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+
+from lap_speechbrain.scoring import (
+    encoder_embedding_fn,
+    markdown_table,
+    model_fingerprint,
+    run_verification,
+)
+
+
+def main(argv):
+    """Parses the command line, loads the model and scores the trial lists."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    # Imported here: the inference package is only needed to load a model.
+    from lap_speechbrain.inference import load_encoder
+
+    device = run_opts.get("device") or "cpu"
+    encoder = load_encoder(hparams["model"], savedir=hparams["pretrained_savedir"], device=device)
+    results = run_verification(
+        encoder_embedding_fn(encoder),
+        trial_lists=hparams["trial_lists"],
+        data_folder=hparams["data_folder"],
+        output_folder=hparams["output_folder"],
+        cache_key=f"{hparams['model']} {model_fingerprint(encoder)}",
+        cohort_csv=hparams["cohort_csv"],
+        cohort_utterances_per_speaker=hparams["cohort_utterances_per_speaker"],
+        top_n=hparams["top_n"],
+        qmf_pairs=hparams["qmf_pairs"],
+        qmf_regularization=hparams["qmf_regularization"],
+        qmf_max_iter=hparams["qmf_max_iter"],
+        qmf_calibration=hparams["qmf_calibration"],
+        p_targets=hparams["p_targets"],
+        as_norm_chunk_size=hparams["as_norm_chunk_size"],
+        seed=hparams["seed"],
+        extraction={
+            "batch_size": hparams["batch_size"],
+            "max_batch_seconds": hparams["max_batch_seconds"],
+            "max_chunk_seconds": hparams["max_chunk_seconds"],
+            "sample_rate": hparams["sample_rate"],
+            "device": device,
+        },
+    )
+    print(markdown_table(results, hparams["p_targets"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
