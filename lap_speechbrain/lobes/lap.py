@@ -136,7 +136,10 @@ class LayerAttentivePooling(nn.Module):
         )
         gated = heads * gates_by_layer.to(heads.dtype)
         if self.layer_pooling == "max":
-            pooled = gated.amax(dim=0)
+            # max().values, not amax(): its backward scatters into the argmax
+            # instead of comparing the whole (L, B, T, h, d) tensor with the
+            # result (amax backward took ~40 % of a CPU training step).
+            pooled = gated.max(dim=0).values
         elif self.layer_pooling == "mean":
             pooled = gated.mean(dim=0)
         else:
@@ -163,7 +166,9 @@ class LayerAttentivePooling(nn.Module):
         norm = self.input_norm
         flat = hidden_states.reshape(-1, self.input_size)
         if norm.training:
-            variance, mean = torch.var_mean(flat.float(), dim=0, unbiased=False)
+            # Statistics in at least fp32 (bf16 sums over L*B*T rows are too coarse).
+            stats_dtype = torch.promote_types(flat.dtype, torch.float32)
+            variance, mean = torch.var_mean(flat.to(stats_dtype), dim=0, unbiased=False)
             self._update_running_stats(mean, variance, flat.shape[0])
         else:
             mean, variance = norm.running_mean, norm.running_var
@@ -207,9 +212,10 @@ class LayerAttentivePooling(nn.Module):
         """
         num_layers, batch, frames, num_heads, _ = heads.shape
         average = heads.mean(dim=-1)
-        maximum = heads.amax(dim=-1)
+        maximum = heads.max(dim=-1).values  # cheaper backward than amax, see forward()
         # (L, B, T, h) x2 -> (h, 2*B*T, L): both descriptors share each head's MLP.
-        descriptors = torch.cat([average, maximum], dim=1).float()
+        descriptors = torch.cat([average, maximum], dim=1)
+        descriptors = descriptors.to(torch.promote_types(descriptors.dtype, torch.float32))
         descriptors = descriptors.permute(3, 1, 2, 0).reshape(num_heads, -1, num_layers)
         hidden = F.relu(torch.baddbmm(self.squeeze_bias, descriptors, self.squeeze_weight))
         excited = torch.baddbmm(self.excite_bias, hidden, self.excite_weight)

@@ -114,7 +114,8 @@ class ReferenceAttentiveStatisticsPooling(AttentiveStatisticsPooling):
             dropped = torch.rand(batch, 1, frames, device=x.device) < self.frame_dropout
             logits = logits.masked_fill(dropped, torch.finfo(logits.dtype).min)
         logits = logits.masked_fill(~mask, float("-inf"))
-        attention = torch.softmax(logits.float(), dim=2).to(x.dtype)
+        softmax_dtype = torch.promote_types(logits.dtype, torch.float32)
+        attention = torch.softmax(logits.to(softmax_dtype), dim=2).to(x.dtype)
         pooled_mean = (attention * x).sum(dim=2)
         pooled_var = (attention * x * x).sum(dim=2) - pooled_mean**2
         pooled_std = torch.sqrt(pooled_var.clamp(min=self.variance_floor))

@@ -1,0 +1,166 @@
+"""Tests of the sub-centre classifier, the AAM + Inter-TopK loss and the margin schedule."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from speechbrain.nnet.losses import LogSoftmaxWrapper
+from speechbrain.utils.checkpoints import Checkpointer
+
+from lap_speechbrain.nnet import AdditiveAngularMarginInterTopK, MarginScheduler, SubCenterClassifier
+from test_lobes import single_thread  # noqa: F401 (autouse fixture)
+
+
+def expected_logits(cosines, target, margin, top_k, penalty, scale=30.0):
+    """lap_spec.md section 4 for one row, written with plain floats."""
+    logits = []
+    others = sorted((c for j, c in enumerate(cosines) if j != target), reverse=True)
+    hardest = set(others[:top_k]) if penalty > 0 else set()
+    for j, cosine in enumerate(cosines):
+        theta = math.acos(cosine)
+        if j == target:
+            if theta + margin <= math.pi:
+                value = math.cos(theta + margin)
+            else:
+                value = cosine - margin * math.sin(margin)
+        elif cosine in hardest:
+            value = math.cos(theta - penalty)
+        else:
+            value = cosine
+        logits.append(scale * value)
+    return logits
+
+
+CASES = [
+    # cosines, target, margin, top_k, penalty
+    ([0.8, 0.5, -0.2, 0.3], 0, 0.2, 0, 0.0),  # plain AAM
+    ([0.8, 0.5, -0.2, 0.3, 0.6, 0.1], 1, 0.3, 2, 0.06),  # top-2 of the others: 0.8, 0.6
+    ([0.1, -0.99, 0.7, 0.4], 1, 0.3, 5, 0.06),  # theta_y + m > pi: fallback; k > C-1
+    ([0.9, 0.2, 0.0], 2, 0.0, 1, 0.06),  # zero margin, penalty still applies
+]
+
+
+@pytest.mark.parametrize("cosines,target,margin,top_k,penalty", CASES)
+def test_logits_and_loss_match_the_formula(cosines, target, margin, top_k, penalty):
+    aam = AdditiveAngularMarginInterTopK(margin=margin, scale=30.0, top_k=top_k, top_k_penalty=penalty)
+    outputs = torch.tensor([cosines], dtype=torch.float64)
+    targets = F.one_hot(torch.tensor([target]), len(cosines))
+    logits = aam(outputs, targets)
+    expected = torch.tensor([expected_logits(cosines, target, margin, top_k, penalty)])
+    torch.testing.assert_close(logits, expected.float(), rtol=1e-5, atol=1e-5)
+    loss = LogSoftmaxWrapper(aam)(outputs.float().unsqueeze(1), torch.tensor([[target]]))
+    torch.testing.assert_close(loss, F.cross_entropy(expected, torch.tensor([target])).float())
+
+
+def test_fallback_is_used_exactly_when_theta_plus_margin_exceeds_pi():
+    aam = AdditiveAngularMarginInterTopK(margin=0.3, top_k=0)
+    # theta = pi - 0.31 (no fallback) and pi - 0.29 (fallback)
+    cosines = torch.tensor([[math.cos(math.pi - 0.31), 0.0], [math.cos(math.pi - 0.29), 0.0]])
+    logits = aam(cosines, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert logits[0, 0] == pytest.approx(30 * math.cos(math.pi - 0.01), abs=1e-4)
+    assert logits[1, 0] == pytest.approx(30 * (cosines[1, 0].item() - 0.3 * math.sin(0.3)), abs=1e-4)
+
+
+def test_margin_and_penalty_can_change_at_any_step():
+    aam = AdditiveAngularMarginInterTopK(margin=0.0, top_k=1, top_k_penalty=0.0)
+    outputs, targets = torch.tensor([[0.5, 0.7]]), torch.tensor([[1.0, 0.0]])
+    before = aam(outputs, targets)
+    aam.margin, aam.top_k_penalty = 0.4, 0.1
+    after = aam(outputs, targets)
+    assert after[0, 0] == pytest.approx(30 * math.cos(math.acos(0.5) + 0.4), abs=1e-4)
+    assert after[0, 1] == pytest.approx(30 * math.cos(math.acos(0.7) - 0.1), abs=1e-4)
+    torch.testing.assert_close(before, 30 * outputs)
+
+
+def test_subcenter_classifier_takes_the_nearest_subcentre():
+    torch.manual_seed(0)
+    classifier = SubCenterClassifier(input_size=6, out_neurons=4, num_subcenters=3)
+    embeddings = torch.randn(5, 1, 6)
+    cosines = classifier(embeddings).squeeze(1)
+    weight = classifier.weight.detach()
+    for c in range(4):
+        for b in range(5):
+            best = max(
+                F.cosine_similarity(embeddings[b, 0], weight[c * 3 + k], dim=0) for k in range(3)
+            )
+            assert cosines[b, c].item() == pytest.approx(best.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_loss_is_finite_with_low_precision(dtype):
+    """Under autocast and with fp16/bf16 inputs, including cosines of exactly +-1
+    (a collapsed embedding), where sqrt(1 - cos^2) has an infinite gradient."""
+    torch.manual_seed(0)
+    classifier = SubCenterClassifier(input_size=8, out_neurons=6)
+    loss_fn = LogSoftmaxWrapper(AdditiveAngularMarginInterTopK(margin=0.3, top_k=5, top_k_penalty=0.06))
+    embeddings = torch.randn(4, 1, 8, requires_grad=True)
+    targets = torch.tensor([[0], [1], [2], [3]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(classifier(embeddings), targets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(embeddings.grad).all()
+    assert torch.isfinite(classifier.weight.grad).all()
+
+    cosines = torch.tensor([[1.0, -1.0, 0.3], [-1.0, 1.0, 1.0]], dtype=dtype, requires_grad=True)
+    loss = loss_fn(cosines.unsqueeze(1), torch.tensor([[0], [0]]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(cosines.grad).all()
+
+
+def build_schedule(curve, steps_per_epoch=101):
+    aam = AdditiveAngularMarginInterTopK(margin=0.0, top_k=5, top_k_penalty=0.06)
+    schedule = MarginScheduler(aam, 0.0, 0.3, increase_start_epoch=2, fix_start_epoch=3,
+                               curve=curve, final_top_k_penalty=0.06)
+    schedule.set_steps_per_epoch(steps_per_epoch)
+    return aam, schedule
+
+
+@pytest.mark.parametrize(
+    "curve,midpoint",
+    [
+        # The paper: m_i = 0.3 ln(x_i / 0.005) / ln(200), x = linspace(0.005, 1, N)
+        ("log", 0.3 * math.log((0.005 + 1.0) / 2 / 0.005) / math.log(200)),
+        ("linear", 0.15),
+        # Mirror of the log curve: 0.3 (200^f - 1) / 199 at f = 1/2
+        ("exp", 0.3 * (math.sqrt(200) - 1) / 199),
+    ],
+)
+def test_margin_schedule_start_midpoint_end(curve, midpoint):
+    _, schedule = build_schedule(curve)
+    start = 2 * 101  # the ramp's N = 101 steps are steps 202 .. 302
+    assert schedule.margin_at(0) == 0.0
+    assert schedule.margin_at(start - 1) == 0.0
+    assert schedule.margin_at(start) == pytest.approx(0.0, abs=1e-12)
+    assert schedule.margin_at(start + 50) == pytest.approx(midpoint, rel=1e-9)
+    assert schedule.margin_at(start + 100) == pytest.approx(0.3, rel=1e-9)
+    assert schedule.margin_at(start + 500) == 0.3
+    values = [schedule.margin_at(step) for step in range(start, start + 101)]
+    assert values == sorted(values)
+
+
+def test_margin_schedule_drives_the_loss():
+    aam, schedule = build_schedule("log", steps_per_epoch=10)
+    assert (aam.margin, aam.top_k_penalty) == (0.0, 0.0)
+    for _ in range(25):
+        margin = schedule.step()
+    assert aam.margin == margin == schedule.margin_at(25)
+    assert 0.001 < margin < 0.3
+    assert aam.top_k_penalty == pytest.approx(0.06 * margin / 0.3)
+    for _ in range(20):
+        schedule.step()
+    assert (aam.margin, aam.top_k_penalty) == (0.3, pytest.approx(0.06))
+
+
+def test_margin_schedule_is_checkpointed(tmp_path):
+    aam, schedule = build_schedule("log", steps_per_epoch=10)
+    checkpointer = Checkpointer(tmp_path, recoverables={"margin_scheduler": schedule})
+    for _ in range(27):
+        schedule.step()
+    checkpointer.save_checkpoint()
+
+    restored_aam, restored = build_schedule("log", steps_per_epoch=3)
+    Checkpointer(tmp_path, recoverables={"margin_scheduler": restored}).recover_if_possible()
+    assert (restored.current_step, restored.steps_per_epoch) == (27, 10)
+    assert restored_aam.margin == aam.margin == schedule.margin_at(27)
+    assert restored_aam.top_k_penalty == aam.top_k_penalty
