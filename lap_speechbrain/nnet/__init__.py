@@ -2,6 +2,11 @@
 
 from lap_speechbrain.nnet.classifier import SubCenterClassifier
 from lap_speechbrain.nnet.losses import AdditiveAngularMarginInterTopK
-from lap_speechbrain.nnet.schedulers import MarginScheduler
+from lap_speechbrain.nnet.schedulers import MarginScheduler, WarmupCosineScheduler
 
-__all__ = ["AdditiveAngularMarginInterTopK", "MarginScheduler", "SubCenterClassifier"]
+__all__ = [
+    "AdditiveAngularMarginInterTopK",
+    "MarginScheduler",
+    "SubCenterClassifier",
+    "WarmupCosineScheduler",
+]

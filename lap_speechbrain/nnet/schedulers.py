@@ -144,3 +144,103 @@ class MarginScheduler:
         self.current_step = int(state["current_step"])
         self.steps_per_epoch = int(state["steps_per_epoch"])
         self._apply()
+
+
+@register_checkpoint_hooks
+class WarmupCosineScheduler:
+    """Linear warm-up to ``peak_lr``, then a cosine decay to ``final_lr``.
+
+    Stepped once per optimiser step (lap_spec.md section 5). SpeechBrain's
+    schedulers do not cover this exactly: ``CyclicCosineScheduler`` warms up
+    with a Noam-style curve and decays to zero, ``LinearWarmupScheduler`` decays
+    linearly, and ``WarmCoolDecayLRSchedule`` has a fixed cool-down shape; none
+    decays to a chosen floor along a cosine. A constant learning rate (stage 3)
+    is ``warmup_fraction=0`` with ``final_lr == peak_lr``.
+
+    Call :meth:`set_total_steps` once the data loader is known, :meth:`apply`
+    after the optimiser is built, and the scheduler itself after every
+    optimiser step (as SpeechBrain's schedulers are called).
+
+    Arguments
+    ---------
+    peak_lr : float
+        Learning rate at the end of the warm-up.
+    final_lr : float
+        Learning rate after the last step.
+    warmup_fraction : float
+        Fraction of all optimiser steps spent warming up linearly from
+        ``peak_lr / warmup_steps``.
+
+    Example
+    -------
+    >>> model = torch.nn.Linear(2, 2)
+    >>> optimizer = torch.optim.Adam(model.parameters())
+    >>> schedule = WarmupCosineScheduler(peak_lr=1e-3, final_lr=1e-5, warmup_fraction=0.1)
+    >>> schedule.set_total_steps(100)
+    >>> schedule.apply(optimizer)
+    0.0001
+    >>> for _ in range(9):
+    ...     _ = schedule(optimizer)
+    >>> optimizer.param_groups[0]["lr"]  # the last warm-up step
+    0.001
+    >>> for _ in range(90):
+    ...     _ = schedule(optimizer)
+    >>> round(optimizer.param_groups[0]["lr"], 8)
+    1e-05
+    """
+
+    def __init__(self, peak_lr: float, final_lr: float, warmup_fraction: float = 0.0):
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction={warmup_fraction}; expected a value in [0, 1)")
+        if peak_lr <= 0 or final_lr < 0:
+            raise ValueError(f"peak_lr={peak_lr}, final_lr={final_lr}; expected peak_lr > 0, final_lr >= 0")
+        self.peak_lr = peak_lr
+        self.final_lr = final_lr
+        self.warmup_fraction = warmup_fraction
+        self.total_steps = 1
+        self.current_step = 0
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Sets the number of optimiser steps of the whole stage."""
+        self.total_steps = max(1, int(total_steps))
+
+    @property
+    def warmup_steps(self) -> int:
+        """Number of warm-up steps (0 without warm-up)."""
+        return int(round(self.warmup_fraction * self.total_steps))
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based)."""
+        warmup = self.warmup_steps
+        if step < warmup:
+            return self.peak_lr * (step + 1) / warmup
+        decay_steps = max(self.total_steps - warmup - 1, 1)
+        progress = min((step - warmup) / decay_steps, 1.0)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.final_lr + (self.peak_lr - self.final_lr) * cosine
+
+    def apply(self, optimizer: torch.optim.Optimizer) -> float:
+        """Sets the learning rate of the current step on ``optimizer``; returns it."""
+        lr = self.lr_at(self.current_step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def __call__(self, optimizer: torch.optim.Optimizer):
+        """Advances one optimiser step; returns (old_lr, new_lr) like SpeechBrain's schedulers."""
+        old_lr = optimizer.param_groups[0]["lr"]
+        self.current_step += 1
+        return old_lr, self.apply(optimizer)
+
+    @mark_as_saver
+    def save(self, path) -> None:
+        """Saves the step counter (Checkpointer hook)."""
+        torch.save({"current_step": self.current_step, "total_steps": self.total_steps}, path)
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch: bool = False) -> None:
+        """Restores the step counter (Checkpointer hook)."""
+        del end_of_epoch  # the state is per step, not per epoch
+        state = torch.load(path, weights_only=True)
+        self.current_step = int(state["current_step"])
+        self.total_steps = int(state["total_steps"])

@@ -1,0 +1,1 @@
+"""Training support: crash-safe checkpoints and the stage runner."""

@@ -1,0 +1,52 @@
+"""The training yamls load (model-size independent) and every top-level key is used."""
+
+import re
+from pathlib import Path
+
+import pytest
+from hyperpyyaml import load_hyperpyyaml
+
+REPO = Path(__file__).resolve().parents[1]
+YAMLS = ["lap_wavlm.yaml", "lap_wavlm_base_plus.yaml"]
+CODE = [
+    REPO / "recipes" / "train_speaker_embeddings.py",
+    REPO / "lap_speechbrain" / "training" / "stages.py",
+    REPO / "lap_speechbrain" / "brain.py",
+]
+# Keys read by speechbrain.Brain itself (run options) or by hyperpyyaml.
+FRAMEWORK_KEYS = {"precision", "ckpt_interval_minutes", "__set_seed"}
+
+
+@pytest.mark.parametrize("name", YAMLS)
+def test_every_top_level_key_is_used(name):
+    text = (REPO / "hparams" / name).read_text()
+    keys = re.findall(r"^([A-Za-z_]\w*):", text, flags=re.MULTILINE)
+    code = "\n".join(path.read_text() for path in CODE)
+    unused = [
+        key for key in keys
+        if key not in FRAMEWORK_KEYS
+        and f"<{key}>" not in text and f"<{key}[" not in text
+        and f'"{key}"' not in code and f"hparams.{key}" not in code
+    ]
+    assert not unused, f"{name}: top-level keys used nowhere: {unused}"
+    # L and D come from the SSL model's config, never from the yaml.
+    assert not re.search(r"\b(1024|768)\b|num_layers|hidden_size", text)
+
+
+@pytest.mark.parametrize("name, fixture", [("lap_wavlm.yaml", "tiny_wavlm_large"),
+                                           ("lap_wavlm_base_plus.yaml", "tiny_wavlm_base")])
+def test_yaml_builds_the_model_of_any_size(name, fixture, request, tmp_path):
+    source = request.getfixturevalue(fixture)
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"), "ssl_hub": source,
+                 "lap_channels": 16, "num_heads": 4, "embedding_dim": 8}
+    with open(REPO / "hparams" / name) as handle:
+        hparams = load_hyperpyyaml(handle, overrides)
+    encoder = hparams["embedding_model"]
+    assert (encoder.num_layers, encoder.input_size) == (3, 32)
+    assert hparams["run_stages"] == ["frozen", "joint", "lmft"]
+    frozen, joint, lmft = (hparams[stage] for stage in hparams["stages"])
+    assert frozen["margin_schedule"].loss_fn is frozen["margin_loss"] is frozen["compute_cost"].loss_fn
+    assert (frozen["ssl_frozen"], joint["ssl_frozen"], lmft["ssl_frozen"]) == (True, False, False)
+    assert (frozen["augment"], joint["augment"]) == (True, False)  # stage 2: the paper's reading
+    assert lmft["batch_size"] * lmft["grad_accumulation_factor"] == frozen["batch_size"]
+    assert hparams["classifier"](out_neurons=5).weight.shape == (15, 8)
