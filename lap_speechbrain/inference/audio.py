@@ -1,0 +1,80 @@
+"""Reading audio files as users have them: any rate, mono or stereo, int or float PCM.
+
+Authors
+ * lap-speechbrain contributors 2026
+"""
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional
+
+# The CNN front end of WavLM / wav2vec 2.0 / HuBERT sees 400 samples (25 ms at
+# 16 kHz) per output frame: shorter input yields no frame at all.
+SSL_RECEPTIVE_FIELD = 400
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used: missing, unreadable or too short."""
+
+
+def load_audio(
+    path: Union[str, Path],
+    target_sample_rate: int = 16000,
+    min_samples: int = SSL_RECEPTIVE_FIELD,
+) -> torch.Tensor:
+    """Reads an audio file as a mono float waveform at ``target_sample_rate``.
+
+    Uses soundfile (``torchaudio.load`` needs torchcodec), so it reads what
+    libsndfile reads (wav, flac, ogg, ...) with integer or float samples;
+    integer PCM is scaled to [-1, 1]. Several channels are averaged and any
+    sample rate is resampled.
+
+    Arguments
+    ---------
+    path : str or Path
+        The audio file.
+    target_sample_rate : int
+        Sample rate of the returned waveform.
+    min_samples : int
+        Fewest samples (at ``target_sample_rate``) accepted; the default is the
+        receptive field of an SSL model's CNN at 16 kHz.
+
+    Returns
+    -------
+    torch.Tensor
+        (N,) float32 waveform.
+
+    Raises
+    ------
+    AudioError
+        Naming the file and the reason: missing, unreadable, or too short.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "stereo_8k.wav")
+    >>> sf.write(path, np.zeros((8000, 2), dtype=np.int16), 8000)
+    >>> load_audio(path).shape
+    torch.Size([16000])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such audio file")
+    try:
+        samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioError(f"{path}: cannot be read as audio ({error})") from error
+    waveform = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=1)))
+    if sample_rate != target_sample_rate:
+        waveform = torchaudio.functional.resample(waveform, sample_rate, target_sample_rate)
+    if waveform.numel() < min_samples:
+        raise AudioError(
+            f"{path}: too short, {waveform.numel()} samples at {target_sample_rate} Hz "
+            f"({waveform.numel() / target_sample_rate:.3f} s); the model needs at least "
+            f"{min_samples} samples ({min_samples / target_sample_rate:.3f} s)"
+        )
+    return waveform
