@@ -22,12 +22,7 @@ import sys
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
-from lap_speechbrain.scoring import (
-    encoder_embedding_fn,
-    markdown_table,
-    model_fingerprint,
-    run_verification,
-)
+from lap_speechbrain.scoring import evaluate_model, markdown_table
 
 
 def main(argv):
@@ -40,35 +35,7 @@ def main(argv):
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
-    # Imported here: the inference package is only needed to load a model.
-    from lap_speechbrain.inference import load_encoder
-
-    device = run_opts.get("device") or "cpu"
-    encoder = load_encoder(hparams["model"], savedir=hparams["pretrained_savedir"], device=device)
-    results = run_verification(
-        encoder_embedding_fn(encoder),
-        trial_lists=hparams["trial_lists"],
-        data_folder=hparams["data_folder"],
-        output_folder=hparams["output_folder"],
-        cache_key=f"{hparams['model']} {model_fingerprint(encoder)}",
-        cohort_csv=hparams["cohort_csv"],
-        cohort_utterances_per_speaker=hparams["cohort_utterances_per_speaker"],
-        top_n=hparams["top_n"],
-        qmf_pairs=hparams["qmf_pairs"],
-        qmf_regularization=hparams["qmf_regularization"],
-        qmf_max_iter=hparams["qmf_max_iter"],
-        qmf_calibration=hparams["qmf_calibration"],
-        p_targets=hparams["p_targets"],
-        as_norm_chunk_size=hparams["as_norm_chunk_size"],
-        seed=hparams["seed"],
-        extraction={
-            "batch_size": hparams["batch_size"],
-            "max_batch_seconds": hparams["max_batch_seconds"],
-            "max_chunk_seconds": hparams["max_chunk_seconds"],
-            "sample_rate": hparams["sample_rate"],
-            "device": device,
-        },
-    )
+    results = evaluate_model(hparams["model"], hparams, device=run_opts.get("device") or "cpu")
     print(markdown_table(results, hparams["p_targets"]))
 
 

@@ -26,11 +26,19 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
 
 from lap_speechbrain.data import prepare_custom_corpus, prepare_noise_csvs, prepare_voxceleb
+from lap_speechbrain.data.synthetic import prepare_synthetic_corpus
+from lap_speechbrain.inference.export import export_training_output
+from lap_speechbrain.scoring import evaluate_model, markdown_table
+from lap_speechbrain.training.finish import mfcc_baseline_results, verify_examples
 from lap_speechbrain.training.stages import run_stages
+
+NOISE_KINDS = ("noise", "music", "babble", "rir")
 
 
 def prepare_data(hparams: dict) -> dict:
     """Writes the training/validation manifests and trials; returns their paths."""
+    if hparams["data_prep"] == "synthetic":
+        return prepare_synthetic_corpus(hparams["data_folder"], **hparams["synthetic_corpus"])
     common = dict(
         save_folder=hparams["save_folder"],
         num_valid_speakers=hparams["num_valid_speakers"],
@@ -49,11 +57,21 @@ def prepare_data(hparams: dict) -> dict:
         )
     if hparams["data_prep"] == "custom":
         return prepare_custom_corpus(data_folder=hparams["data_folder"], **common)
-    raise ValueError(f"data_prep={hparams['data_prep']!r}; expected 'voxceleb' or 'custom'")
+    raise ValueError(
+        f"data_prep={hparams['data_prep']!r}; expected 'voxceleb', 'custom' or 'synthetic'"
+    )
 
 
-def check_noise_sources(hparams: dict) -> None:
-    """Fails before the (long) data preparation if a stage augments but no noise folder is named."""
+def check_settings(hparams: dict) -> None:
+    """Fails before the (long) data preparation on settings that cannot work.
+
+    A stage that augments needs noise folders (the synthetic corpus brings its
+    own), and verifying examples needs the evaluation lists and an export.
+    """
+    if hparams["verify_examples"] and not (hparams["evaluation"] and hparams["export_folder"]):
+        raise ValueError("verify_examples needs an evaluation section (its first trial list) and export_folder")
+    if hparams["data_prep"] == "synthetic":
+        return
     augmenting = [name for name in hparams["run_stages"] if hparams[name]["augment"]]
     if augmenting and not (hparams["musan_folder"] or hparams["rir_folder"] or hparams["noise_folders"]):
         raise ValueError(
@@ -96,6 +114,39 @@ def make_augmentation(hparams: dict, noise_csvs: dict):
     return hparams["wav_augment"](corruptions=corruptions, partial=partial)
 
 
+def finish(hparams: dict, run_opts: dict) -> None:
+    """The optional steps after training: evaluate, compare, export, verify, summarise."""
+    outputs = {"training log": hparams["train_log"], "trained model": f"{hparams['save_folder']}/model"}
+    evaluation = hparams["evaluation"]
+    if evaluation:
+        device = run_opts.get("device") or "cpu"
+        results = evaluate_model(hparams["output_folder"], evaluation, device=device)
+        print(markdown_table(results, evaluation["p_targets"]))
+        outputs["evaluation"] = f"{evaluation['output_folder']}/results.md"
+        if hparams["mfcc_baseline"]:
+            baseline = mfcc_baseline_results(
+                evaluation["trial_lists"], evaluation["data_folder"], evaluation["p_targets"]
+            )
+            print("Same trials, no training:")
+            print(markdown_table(baseline, evaluation["p_targets"]))
+    if hparams["export_folder"]:
+        results_file = Path(evaluation["output_folder"]) / "results.json" if evaluation else None
+        export_training_output(
+            hparams["output_folder"], hparams["export_folder"], results=results_file, overwrite=True
+        )
+        outputs["exported model"] = hparams["export_folder"]
+    if hparams["verify_examples"]:
+        trial_list = next(iter(evaluation["trial_lists"].values()))
+        for label, enrol, test, score, same in verify_examples(
+            hparams["export_folder"], trial_list, evaluation["data_folder"], hparams["verify_examples"]
+        ):
+            truth = "same speaker" if label else "different speakers"
+            print(f"verify_files {enrol} {test}: score {score:.3f}, decision {same} ({truth})")
+    print("Outputs:")
+    for name, path in outputs.items():
+        print(f"  {name}: {path}")
+
+
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -106,9 +157,12 @@ if __name__ == "__main__":
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
-    check_noise_sources(hparams)
+    check_settings(hparams)
     data = on_main(prepare_data, hparams)
-    noise_csvs = on_main(prepare_noise, hparams)
+    if hparams["data_prep"] == "synthetic":  # the corpus brings its own noise and RIRs
+        noise_csvs = {kind: data[kind] for kind in NOISE_KINDS if kind in data}
+    else:
+        noise_csvs = on_main(prepare_noise, hparams)
     run_stages(
         hparams,
         run_opts,
@@ -116,3 +170,5 @@ if __name__ == "__main__":
         label_encoder_path=data["label_encoder"],
         wav_augment=make_augmentation(hparams, noise_csvs),
     )
+    if if_main_process():
+        finish(hparams, run_opts)

@@ -113,7 +113,9 @@ def load_encoder(
     """
     run_opts = {"device": device}
     folder = Path(source)
-    if folder.is_dir() and not (folder / "hyperparams.yaml").is_file():
+    # A training output folder also holds a hyperparams.yaml (the training
+    # yaml), so it is recognised by its trained-model artifact instead.
+    if folder.is_dir() and _is_training_output(folder):
         from lap_speechbrain.inference.export import export_training_output, find_artifact
 
         artifact = find_artifact(folder)
@@ -128,6 +130,17 @@ def load_encoder(
     return LAPSpeakerRecognition.from_hparams(
         source=str(source), savedir=None if savedir is None else str(savedir), run_opts=run_opts
     )
+
+
+def _is_training_output(folder: Path) -> bool:
+    """Whether ``folder`` is a training output folder (or its ``save/model``)."""
+    from lap_speechbrain.inference.export import ExportError, find_artifact
+
+    try:
+        find_artifact(folder)
+    except ExportError:
+        return False
+    return True
 
 
 def _cache_folder(artifact: Path) -> Path:

@@ -19,6 +19,7 @@ from lap_speechbrain.scoring.report import evaluate_scores, markdown_table, plot
 from lap_speechbrain.scoring.trials import TrialListError, Trials, read_trials
 from lap_speechbrain.scoring.verification import (
     encoder_embedding_fn,
+    evaluate_model,
     model_fingerprint,
     run_verification,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "cosine_scores",
     "det_curve",
     "encoder_embedding_fn",
+    "evaluate_model",
     "evaluate_scores",
     "extract_embeddings",
     "markdown_table",

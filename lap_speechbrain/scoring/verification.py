@@ -422,3 +422,56 @@ def run_verification(
         },
     )
     return results
+
+
+def evaluate_model(model: str, settings: Mapping, device: str = "cpu") -> Results:
+    """Loads a model and scores trial lists with the settings of ``hparams/verification.yaml``.
+
+    ``recipes/speaker_verification.py`` calls it with its whole yaml, and the
+    training recipe with the ``evaluation`` section of a training yaml, so
+    both score the same way.
+
+    Arguments
+    ---------
+    model : str
+        An exported folder, a hub id or a training output folder.
+    settings : mapping
+        The keys of ``hparams/verification.yaml`` except ``model``
+        (``trial_lists``, ``data_folder``, ``output_folder``,
+        ``pretrained_savedir``, ``cohort_csv``, ``top_n``, ``qmf_pairs``, ...).
+    device : str
+        Where the model runs.
+
+    Returns
+    -------
+    Results
+        ``{list: {condition: metrics}}``, also written to ``output_folder``.
+    """
+    # Imported here: the inference package is only needed to load a model.
+    from lap_speechbrain.inference import load_encoder
+
+    encoder = load_encoder(model, savedir=settings["pretrained_savedir"], device=device)
+    return run_verification(
+        encoder_embedding_fn(encoder),
+        trial_lists=settings["trial_lists"],
+        data_folder=settings["data_folder"],
+        output_folder=settings["output_folder"],
+        cache_key=f"{model} {model_fingerprint(encoder)}",
+        cohort_csv=settings["cohort_csv"],
+        cohort_utterances_per_speaker=settings["cohort_utterances_per_speaker"],
+        top_n=settings["top_n"],
+        qmf_pairs=settings["qmf_pairs"],
+        qmf_regularization=settings["qmf_regularization"],
+        qmf_max_iter=settings["qmf_max_iter"],
+        qmf_calibration=settings["qmf_calibration"],
+        p_targets=settings["p_targets"],
+        as_norm_chunk_size=settings["as_norm_chunk_size"],
+        seed=settings["seed"],
+        extraction={
+            "batch_size": settings["batch_size"],
+            "max_batch_seconds": settings["max_batch_seconds"],
+            "max_chunk_seconds": settings["max_chunk_seconds"],
+            "sample_rate": settings["sample_rate"],
+            "device": device,
+        },
+    )
