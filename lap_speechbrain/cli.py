@@ -17,9 +17,7 @@ Authors
 """
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -154,6 +152,8 @@ def run_embed(args: argparse.Namespace) -> None:
     """Embeds files in length-sorted padded batches and saves them."""
     import torch
 
+    from lap_speechbrain.data.manifest import atomic_open
+
     if args.batch_size < 1:
         raise CommandError(f"--batch-size {args.batch_size}: must be at least 1")
     files = audio_inputs(args.input)
@@ -172,11 +172,8 @@ def run_embed(args: argparse.Namespace) -> None:
         for row, index in enumerate(chunk):
             embeddings[index] = batch[row]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    os.close(handle)
-    torch.save({"paths": [str(p) for p in files], "embeddings": torch.stack(embeddings)}, temporary)
-    os.replace(temporary, out)
+    with atomic_open(out, "wb") as file:
+        torch.save({"paths": [str(p) for p in files], "embeddings": torch.stack(embeddings)}, file)
     print(f"{len(files)} embeddings of size {embeddings[0].numel()} -> {out}")
 
 

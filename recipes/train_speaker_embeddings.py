@@ -132,7 +132,11 @@ def finish(hparams: dict, run_opts: dict) -> None:
     if hparams["export_folder"]:
         results_file = Path(evaluation["output_folder"]) / "results.json" if evaluation else None
         export_training_output(
-            hparams["output_folder"], hparams["export_folder"], results=results_file, overwrite=True
+            hparams["output_folder"],
+            hparams["export_folder"],
+            results=results_file,
+            overwrite=True,
+            datasets=["voxceleb"] if hparams["data_prep"] == "voxceleb" else [],
         )
         outputs["exported model"] = hparams["export_folder"]
     if hparams["verify_examples"]:

@@ -38,7 +38,8 @@ def model_card(
         "pipeline_tag": "audio-classification",
     }
     if results:
-        front["model-index"] = [{"name": name, "results": _index_results(results)}]
+        dataset_type = datasets[0] if datasets else "custom"
+        front["model-index"] = [{"name": name, "results": _index_results(results, dataset_type)}]
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
     lines += [
         f"# {name}: speaker embeddings with Layer Attentive Pooling over {ssl_name}",
@@ -141,7 +142,7 @@ def _metrics(metrics: Mapping[str, Any]) -> Tuple[Optional[float], Dict[float, f
     return eer, dcfs
 
 
-def _index_results(results: Mapping[str, Any]) -> List[dict]:
+def _index_results(results: Mapping[str, Any], dataset_type: str) -> List[dict]:
     """model-index entries: one per trial list, its metrics per scoring condition."""
     entries = []
     for trials, conditions in results.items():
@@ -155,7 +156,7 @@ def _index_results(results: Mapping[str, Any]) -> List[dict]:
                                 "name": f"minDCF (p={prior:g}), {condition}"})
         entries.append({
             "task": {"type": "speaker-verification", "name": "Speaker Verification"},
-            "dataset": {"name": trials, "type": "voxceleb"},
+            "dataset": {"name": trials, "type": dataset_type},
             "metrics": metrics,
         })
     return entries

@@ -114,8 +114,9 @@ def load_encoder(
     run_opts = {"device": device}
     folder = Path(source)
     # A training output folder also holds a hyperparams.yaml (the training
-    # yaml), so it is recognised by its trained-model artifact instead.
-    if folder.is_dir() and _is_training_output(folder):
+    # yaml), so it is recognised by its trained-model artifact; a folder with
+    # neither gets find_artifact's error saying what it lacks.
+    if folder.is_dir() and (_is_training_output(folder) or not (folder / "hyperparams.yaml").is_file()):
         from lap_speechbrain.inference.export import export_training_output, find_artifact
 
         artifact = find_artifact(folder)

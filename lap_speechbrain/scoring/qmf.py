@@ -22,8 +22,6 @@ Authors
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -31,6 +29,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+
+from lap_speechbrain.data.manifest import atomic_open
 
 FEATURE_NAMES = (
     "as_norm_score",
@@ -295,12 +295,8 @@ class QMFCalibrator:
             "max_iter": self.max_iter,
             "seed": self.seed,
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(handle, "w") as out:
+        with atomic_open(path) as out:
             json.dump(state, out, indent=2)
-        os.replace(temp, path)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "QMFCalibrator":
