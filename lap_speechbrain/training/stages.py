@@ -247,7 +247,7 @@ def run_stage(
     return record
 
 
-def export_model(hparams: Mapping, records: List[dict], label_encoder_path: str) -> Path:
+def write_trained_model(hparams: Mapping, records: List[dict], label_encoder_path: str) -> Path:
     """Writes the trained model as ``<save_folder>/model/`` (atomically).
 
     Files: ``embedding_model.ckpt`` and ``classifier.ckpt`` (state dicts of the
@@ -276,7 +276,7 @@ def export_model(hparams: Mapping, records: List[dict], label_encoder_path: str)
         (folder / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     atomic_write(target, write)
-    logger.info("Exported the model of stage %s to %s", records[-1]["stage"], target)
+    logger.info("Wrote the trained model of stage %s to %s", records[-1]["stage"], target)
     return target
 
 
@@ -336,6 +336,6 @@ def run_stages(
     done = [record for record in done if record is not None]
     target = save_folder / EXPORT_FOLDER
     if if_main_process():
-        export_model(hparams, done, label_encoder_path)
+        write_trained_model(hparams, done, label_encoder_path)
     ddp_barrier()
     return target
