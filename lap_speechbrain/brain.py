@@ -1,7 +1,7 @@
 """The ``Brain`` of one training stage of the LAP speaker-embedding model.
 
 One :class:`SpeakerBrain` trains one stage (frozen, joint or large-margin
-fine-tuning, lap_spec.md section 5); :mod:`lap_speechbrain.training.stages`
+fine-tuning, docs/lap_spec.md section 5); :mod:`lap_speechbrain.training.stages`
 runs the stages in order. The stage's settings (epochs, LR and margin
 schedules, weight decay, augmentation) are merged into ``hparams``, so
 ``self.hparams`` always describes the current stage.

@@ -1,6 +1,6 @@
 """Import of checkpoints trained with the authors' reference LAP implementation.
 
-The reference saves one flat state dict (``model.state``, lap_spec.md section
+The reference saves one flat state dict (``model.state``, docs/lap_spec.md section
 7): the Hugging Face ``WavLMModel`` under ``frontend.``, LAP under
 ``backend.layer_aggregation.``, the pooling and embedding layers under
 ``backend.speaker_network.`` and the sub-centre AAM weight as

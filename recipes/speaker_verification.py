@@ -4,7 +4,7 @@
 Embeds every utterance of the trial lists (and of the training cohort) once,
 then reports EER and minDCF (p_target 0.01 and 0.05) for cosine, AS-Norm and
 AS-Norm + QMF scoring on each list: ``results.md``, ``results.json`` and
-``det_<list>.png`` in the output folder. See lap_spec.md section 6 and
+``det_<list>.png`` in the output folder. See docs/lap_spec.md section 6 and
 :func:`lap_speechbrain.scoring.run_verification`.
 
 To run::

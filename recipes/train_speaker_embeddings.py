@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Recipe: trains LAP speaker embeddings on all hidden states of an SSL model (WavLM).
 
-The stages of ``hparams/lap_wavlm.yaml`` (lap_spec.md section 5) run in order:
+The stages of ``hparams/lap_wavlm.yaml`` (docs/lap_spec.md section 5) run in order:
 ``frozen`` (WavLM frozen; LAP, pooling and classifier train), ``joint`` (all
 parameters) and ``lmft`` (large-margin fine-tuning, optional), each starting
 from the previous stage's checkpoint with the best validation EER. Data

@@ -1,6 +1,6 @@
 """Tests of lap_speechbrain.convert.from_reference on reference-layout checkpoints.
 
-The checkpoints are built here from the layout in lap_spec.md section 7 with
+The checkpoints are built here from the layout in docs/lap_spec.md section 7 with
 random tensors; the converted backend is compared with the spec-level
 implementation in test_lobes.py.
 """
@@ -31,7 +31,7 @@ def frontend_state():
 
 
 def reference_state(frontend, seed=0, L=5, D=32, h=4, H=16, E=8, classes=7, K=3):
-    """A reference ``model.state``: every key and shape of lap_spec.md section 7."""
+    """A reference ``model.state``: every key and shape of docs/lap_spec.md section 7."""
     generator = torch.Generator().manual_seed(seed)
     r, A = L // 2, H // 2
 

@@ -1,7 +1,7 @@
 """Tests of LAP, the LAP + ASTP backend and the weighted layer sum.
 
 This module also holds an independent implementation of LAP + ASTP written
-plainly from lap_spec.md sections 2 and 3 (einsum and a loop over utterances),
+plainly from docs/lap_spec.md sections 2 and 3 (einsum and a loop over utterances),
 reading the reference implementation's checkpoint layout (section 7). The
 project's modules are compared with it here, and ``test_convert.py`` uses it to
 check that converted reference checkpoints compute the same function.
@@ -33,7 +33,7 @@ def single_thread():
 
 
 # ----------------------------------------------------------------------------
-# The independent implementation (lap_spec.md sections 2-3, reference layout)
+# The independent implementation (docs/lap_spec.md sections 2-3, reference layout)
 # ----------------------------------------------------------------------------
 def batch_norm(x, state, prefix, dim, batch_stats=False):
     """BatchNorm over channel axis ``dim``: running statistics, or (training)

@@ -13,7 +13,7 @@ from test_lobes import single_thread  # noqa: F401 (autouse fixture)
 
 
 def expected_logits(cosines, target, margin, top_k, penalty, scale=30.0):
-    """lap_spec.md section 4 for one row, written with plain floats."""
+    """docs/lap_spec.md section 4 for one row, written with plain floats."""
     logits = []
     others = sorted((c for j, c in enumerate(cosines) if j != target), reverse=True)
     hardest = set(others[:top_k]) if penalty > 0 else set()

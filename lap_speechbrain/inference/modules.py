@@ -37,7 +37,7 @@ class EmbeddingMeanSubtraction(nn.Module):
 
     Used as ``mean_var_norm_emb``, which ``encode_batch(..., normalize=True)``
     applies; cosine scoring after subtracting the training-set mean is the
-    paper's scoring (lap_spec.md section 6).
+    paper's scoring (docs/lap_spec.md section 6).
 
     Arguments
     ---------

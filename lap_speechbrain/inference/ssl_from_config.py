@@ -4,7 +4,7 @@ An exported model carries its fine-tuned SSL weights in ``embedding_model.ckpt``
 so loading it must not fetch the original pre-trained weights. SpeechBrain's
 HF wrappers always do: they call ``from_pretrained`` on their ``source`` (or ask
 the Hub for its file list), and treat any folder holding a ``.ckpt`` as a
-SpeechBrain checkpoint (lap_spec.md section 1, trap 5). This wrapper replaces
+SpeechBrain checkpoint (docs/lap_spec.md section 1, trap 5). This wrapper replaces
 only that loading step: it builds the HF model from a config dict embedded in
 the exported ``hyperparams.yaml`` and reuses the wrapper's forward.
 

@@ -17,7 +17,7 @@ class LAPSpeakerBackend(nn.Module):
     """Speaker embedding from all hidden states of an SSL model.
 
     LAP fuses the layers frame by frame, attentive statistics pooling summarises
-    time, and a linear layer with BatchNorm gives the embedding (lap_spec.md
+    time, and a linear layer with BatchNorm gives the embedding (docs/lap_spec.md
     section 3). With the defaults it has 1,714,480 parameters for WavLM Base+
     (L 13, D 768) and 2,312,464 for WavLM Large (L 25, D 1024).
 

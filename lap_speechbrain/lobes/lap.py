@@ -2,7 +2,7 @@
 
 LAP normalises and projects each layer, computes per-frame, per-head
 Squeeze-Excitation gates over the layer axis and max-pools the gated layers
-(arXiv 2512.22148). The formulation is in ``docs`` / ``lap_spec.md`` section 2.
+(arXiv 2512.22148). The formulation is in ``docs/lap_spec.md`` section 2.
 
 Authors
  * lap-speechbrain contributors 2026

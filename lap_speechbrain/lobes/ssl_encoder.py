@@ -20,7 +20,7 @@ class SSLSpeakerEncoder(nn.Module):
     huggingface.WavLM``, ``HuBERT`` or ``Wav2Vec2``). The encoder reads L and D
     from the loaded model's config and builds the backend to match, so no yaml
     names the model's size. It also fixes what the wrapper gets wrong for this
-    use (lap_spec.md section 1):
+    use (docs/lap_spec.md section 1):
 
     - LayerDrop is switched off: in train mode it drops hidden states from the
       output, and LAP needs all L of them on every call.

@@ -15,7 +15,7 @@ COSINE_CLAMP = 1e-7
 
 
 class AdditiveAngularMarginInterTopK(AdditiveAngularMargin):
-    """AAM-softmax logits with Inter-TopK penalty (lap_spec.md section 4).
+    """AAM-softmax logits with Inter-TopK penalty (docs/lap_spec.md section 4).
 
     SpeechBrain's ``AdditiveAngularMargin`` computes cos(m), sin(m) and its
     fallback constants once at construction, so the margin cannot follow a

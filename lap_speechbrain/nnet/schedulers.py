@@ -150,7 +150,7 @@ class MarginScheduler:
 class WarmupCosineScheduler:
     """Linear warm-up to ``peak_lr``, then a cosine decay to ``final_lr``.
 
-    Stepped once per optimiser step (lap_spec.md section 5). SpeechBrain's
+    Stepped once per optimiser step (docs/lap_spec.md section 5). SpeechBrain's
     schedulers do not cover this exactly: ``CyclicCosineScheduler`` warms up
     with a Noam-style curve and decays to zero, ``LinearWarmupScheduler`` decays
     linearly, and ``WarmCoolDecayLRSchedule`` has a fixed cool-down shape; none

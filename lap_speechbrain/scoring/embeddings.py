@@ -17,7 +17,7 @@
   max_chunk_seconds)`` consecutive chunks of equal length (the < n samples
   left over are dropped), the chunks are embedded as one batch without
   padding, and the utterance's embedding is the mean of the chunk
-  embeddings. ``None`` embeds every utterance at full length (lap_spec.md
+  embeddings. ``None`` embeds every utterance at full length (docs/lap_spec.md
   section 6).
 
 Authors

@@ -1,6 +1,6 @@
 """Cosine scoring with mean subtraction, and adaptive symmetric score normalisation.
 
-lap_spec.md section 6: embeddings have the training-set mean subtracted
+docs/lap_spec.md section 6: embeddings have the training-set mean subtracted
 before cosine scoring; AS-Norm uses a cohort of one mean embedding per
 training speaker and, for each side of a trial, the mean and standard
 deviation of its top-N cohort scores::

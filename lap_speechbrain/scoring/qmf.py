@@ -1,6 +1,6 @@
 """Quality-aware score calibration (QMF): logistic regression on quality features.
 
-lap_spec.md section 6: the calibrated score is a linear function of nine
+docs/lap_spec.md section 6: the calibrated score is a linear function of nine
 features of a trial, fitted with logistic regression on pairs drawn from the
 training set (half of them target pairs):
 

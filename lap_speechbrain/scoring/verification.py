@@ -4,7 +4,7 @@
 it takes an embedding function, so any model (an exported
 ``EncoderClassifier``, an ``SSLSpeakerEncoder`` in training) can be scored.
 
-Steps (lap_spec.md section 6):
+Steps (docs/lap_spec.md section 6):
 
 1. Read every trial list (format errors stop the run before any work) and
    check every audio file of the trials and the cohort (one error lists
