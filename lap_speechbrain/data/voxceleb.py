@@ -36,6 +36,7 @@ from lap_speechbrain.data.manifest import (
     speaker_encoder,
     write_csv,
 )
+from lap_speechbrain.scoring.trials import read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def convert_m4a_to_wav(
 
 
 def read_trial_list(path: PathLike) -> List[Trial]:
-    """Reads a VoxCeleb-format trial list (``label enrol test`` per line), checking its format.
+    """Reads a VoxCeleb-format trial list (``label enrol test`` per line) as tuples.
 
     Arguments
     ---------
@@ -180,24 +181,9 @@ def read_trial_list(path: PathLike) -> List[Trial]:
     >>> read_trial_list(path)[1]
     (0, 'a/v/1.wav', 'b/x/1.wav')
     """
-    trials, bad = [], []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3 or fields[0] not in ("0", "1"):
-                bad.append(f"line {number}: {line.strip()!r}")
-                continue
-            trials.append((int(fields[0]), fields[1], fields[2]))
-    if bad:
-        raise ValueError(
-            f"{path}: {len(bad)} malformed line(s), expected 'label enrol test' with label 0 or 1: "
-            + "; ".join(bad[:_MAX_LISTED])
-        )
-    if not trials:
-        raise ValueError(f"{path}: no trials")
-    return trials
+    # One parser for the format: the scoring package's, whose errors name file and line.
+    trials = read_trials(path)
+    return list(zip(trials.labels.tolist(), trials.enrol, trials.test))
 
 
 def _resolve_trial_list(name: PathLike, vox1_folder: Path) -> Path:
