@@ -90,6 +90,16 @@ SETTINGS = dict(
 )
 
 
+
+def load_recipe():
+    """Imports recipes/speaker_verification.py as a module (recipes are not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "speaker_verification", ROOT / "recipes" / "speaker_verification.py"
+    )
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
 def test_run_verification_writes_table_json_and_plots(corpus, encoder, tmp_path):
     trial_lists = {"O": corpus / "veri_test2.txt", "custom": corpus / "hard.txt"}
     embed = CountingEmbed(encoder_embedding_fn(encoder))
@@ -209,11 +219,7 @@ def test_recipe_runs_from_the_yaml(corpus, encoder, tmp_path, monkeypatch):
         return encoder
 
     monkeypatch.setattr(lap_speechbrain.inference, "load_encoder", fake_load_encoder)
-    spec = importlib.util.spec_from_file_location(
-        "speaker_verification", ROOT / "recipes" / "speaker_verification.py"
-    )
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe()
     output = tmp_path / "out"
     recipe.main(
         [
@@ -251,11 +257,7 @@ def test_recipe_with_an_exported_model(corpus, encoder, tmp_path):
         classifier_state=SubCenterClassifier(8, 2).state_dict(),
         labels=["id04", "id05"],
     )
-    spec = importlib.util.spec_from_file_location(
-        "speaker_verification", ROOT / "recipes" / "speaker_verification.py"
-    )
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe()
     output = tmp_path / "out"
     recipe.main(
         [
