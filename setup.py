@@ -2,13 +2,16 @@
 
 from pathlib import Path
 
+import re
+
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "lap_speechbrain" / "__init__.py").read_text()).group(1)
 
 setup(
     name="lap_speechbrain",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "Layer Attentive Pooling (LAP) over all WavLM hidden states for speaker "
         "verification, as a SpeechBrain plugin and recipe"
@@ -18,6 +21,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["lap_speechbrain", "lap_speechbrain.*"]),
+    package_data={"lap_speechbrain.export": ["inference.yaml"]},
     install_requires=[
         "speechbrain>=1.1.0",
         "torch>=2.1",

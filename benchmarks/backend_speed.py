@@ -33,8 +33,8 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import WavLMConfig, WavLMModel
 
+from lap_speechbrain.demo.random_ssl import WAVLM_PRESETS
 from lap_speechbrain.lobes import LAPSpeakerBackend, WeightedLayerSum
-from lap_speechbrain.lobes.random_ssl import WAVLM_PRESETS
 
 SAMPLE_RATE = 16000
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

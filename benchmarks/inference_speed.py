@@ -2,7 +2,7 @@
 
 Builds randomly initialised WavLM Base+-sized models (768 wide, 12 layers, the
 default LAP backend: 16 heads, 512 channels, 192-d), exports each with
-``lap_speechbrain.inference.export``, loads it with
+``lap_speechbrain.export.folder``, loads it with
 ``EncoderClassifier.from_hparams`` and embeds the same utterances of random
 lengths two ways:
 
@@ -46,9 +46,9 @@ import torch
 from speechbrain.inference.speaker import EncoderClassifier
 from transformers import WavLMConfig
 
-from lap_speechbrain.inference.export import export_model
+from lap_speechbrain.demo.random_ssl import WAVLM_PRESETS, save_random_wavlm
+from lap_speechbrain.export.folder import export_model
 from lap_speechbrain.lobes import SSLSpeakerEncoder
-from lap_speechbrain.lobes.random_ssl import WAVLM_PRESETS, save_random_wavlm
 from lap_speechbrain.nnet import SubCenterClassifier
 
 SAMPLE_RATE = 16000

@@ -34,8 +34,8 @@ import torch
 from speechbrain.integrations.huggingface.wavlm import WavLM
 from speechbrain.nnet.losses import LogSoftmaxWrapper
 
+from lap_speechbrain.demo.random_ssl import save_random_wavlm
 from lap_speechbrain.lobes import SSLSpeakerEncoder
-from lap_speechbrain.lobes.random_ssl import save_random_wavlm
 from lap_speechbrain.nnet import AdditiveAngularMarginInterTopK, SubCenterClassifier
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

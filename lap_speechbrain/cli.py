@@ -152,7 +152,7 @@ def run_embed(args: argparse.Namespace) -> None:
     """Embeds files in length-sorted padded batches and saves them."""
     import torch
 
-    from lap_speechbrain.data.manifest import atomic_open
+    from lap_speechbrain.fileio import atomic_open
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -179,7 +179,7 @@ def run_embed(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> None:
     """Exports a training output folder or a reference checkpoint."""
-    from lap_speechbrain.inference.export import export_reference, export_training_output
+    from lap_speechbrain.export.folder import export_reference, export_training_output
 
     card = dict(repo_id=args.repo_id, license=args.license, overwrite=args.overwrite,
                 results=args.results, threshold=args.threshold, embedding_mean=args.embedding_mean)
@@ -203,7 +203,7 @@ def run_export(args: argparse.Namespace) -> None:
 
 def run_push(args: argparse.Namespace) -> None:
     """Uploads (or lists, with --dry-run) an exported folder."""
-    from lap_speechbrain.inference.hub import push_to_hub
+    from lap_speechbrain.export.hub import push_to_hub
 
     files = push_to_hub(args.folder, args.repo_id, private=args.private,
                         commit_message=args.message, dry_run=args.dry_run)

@@ -27,7 +27,11 @@ import logging
 import sys
 from typing import Dict, List, Optional
 
-from lap_speechbrain.data import prepare_custom_corpus, prepare_noise_csvs, prepare_voxceleb
+from lap_speechbrain.data import (
+    prepare_custom_corpus,
+    prepare_noise_csvs,
+    prepare_voxceleb,
+)
 
 
 def _key_value(text: str) -> Dict[str, str]:

@@ -25,11 +25,15 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
 
-from lap_speechbrain.data import prepare_custom_corpus, prepare_noise_csvs, prepare_voxceleb
-from lap_speechbrain.data.synthetic import prepare_synthetic_corpus
-from lap_speechbrain.inference.export import export_training_output
+from lap_speechbrain.data import (
+    prepare_custom_corpus,
+    prepare_noise_csvs,
+    prepare_voxceleb,
+)
+from lap_speechbrain.demo.finish import mfcc_baseline_results, verify_examples
+from lap_speechbrain.demo.synthetic import prepare_synthetic_corpus
+from lap_speechbrain.export.folder import export_training_output
 from lap_speechbrain.scoring import evaluate_model, markdown_table
-from lap_speechbrain.training.finish import mfcc_baseline_results, verify_examples
 from lap_speechbrain.training.stages import run_stages
 
 NOISE_KINDS = ("noise", "music", "babble", "rir")

@@ -23,7 +23,7 @@ TINY_WAVLM = dict(
 @pytest.fixture(scope="session")
 def tiny_wavlm_large(tmp_path_factory) -> str:
     """Folder of a tiny Large-type WavLM (stable layer norm, LayerNorm CNN)."""
-    from lap_speechbrain.lobes.random_ssl import save_random_wavlm
+    from lap_speechbrain.demo.random_ssl import save_random_wavlm
 
     return save_random_wavlm(
         tmp_path_factory.mktemp("wavlm_large"),
@@ -37,7 +37,7 @@ def tiny_wavlm_large(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_wavlm_base(tmp_path_factory) -> str:
     """Folder of a tiny Base-type WavLM (GroupNorm in the first CNN layer)."""
-    from lap_speechbrain.lobes.random_ssl import save_random_wavlm
+    from lap_speechbrain.demo.random_ssl import save_random_wavlm
 
     return save_random_wavlm(
         tmp_path_factory.mktemp("wavlm_base"),

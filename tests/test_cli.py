@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_inference import BACKEND, SPEAKERS, randomize_, write_training_output, write_voices
+from test_inference import (
+    BACKEND,
+    SPEAKERS,
+    randomize_,
+    write_training_output,
+    write_voices,
+)
 from transformers import WavLMModel
 
 from lap_speechbrain.cli import main
@@ -129,7 +135,7 @@ def test_push_dry_run_and_upload(exported, capsys, monkeypatch):
         def upload_folder(self, **kwargs):
             calls.append(("upload_folder", kwargs["repo_id"], kwargs))
 
-    monkeypatch.setattr("lap_speechbrain.inference.hub.HfApi", FakeApi)
+    monkeypatch.setattr("lap_speechbrain.export.hub.HfApi", FakeApi)
     assert main(["push", str(exported), "me/other", "--private"]) == 0
     assert calls[0][:2] == ("create_repo", "me/other") and calls[0][2]["exist_ok"] and calls[0][2]["private"]
     assert calls[1][2]["folder_path"] == str(exported)

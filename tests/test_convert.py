@@ -1,4 +1,4 @@
-"""Tests of lap_speechbrain.convert.from_reference on reference-layout checkpoints.
+"""Tests of lap_speechbrain.export.reference.from_reference on reference-layout checkpoints.
 
 The checkpoints are built here from the layout in docs/lap_spec.md section 7 with
 random tensors; the converted backend is compared with the spec-level
@@ -12,7 +12,11 @@ from conftest import TINY_WAVLM
 from test_lobes import reference_backend, single_thread, to_reference_layout  # noqa: F401 (fixture)
 from transformers import WavLMConfig, WavLMModel
 
-from lap_speechbrain.convert import BACKEND_ARGUMENTS, ReferenceCheckpointError, from_reference
+from lap_speechbrain.export.reference import (
+    BACKEND_ARGUMENTS,
+    ReferenceCheckpointError,
+    from_reference,
+)
 from lap_speechbrain.lobes import LAPSpeakerBackend
 from lap_speechbrain.nnet import SubCenterClassifier
 

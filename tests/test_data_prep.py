@@ -14,14 +14,19 @@ import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 
 from lap_speechbrain.data.custom import make_trials, prepare_custom_corpus
-from lap_speechbrain.data.manifest import read_csv, scan_audio, speaker_encoder, write_csv
+from lap_speechbrain.data.manifest import (
+    read_csv,
+    scan_audio,
+    speaker_encoder,
+    write_csv,
+)
 from lap_speechbrain.data.noise import prepare_noise_csvs
+from lap_speechbrain.data.trials import read_trials
 from lap_speechbrain.data.voxceleb import (
     MissingDecoderError,
     convert_m4a_to_wav,
     find_ffmpeg,
     prepare_voxceleb,
-    read_trial_list,
 )
 
 RATE = 16000
@@ -161,14 +166,14 @@ def test_voxceleb1_excludes_test_speakers(tmp_path, vox1, caplog):
     assert train | valid == set(DEV_SPEAKERS) and not train & valid and len(valid) == 2
     assert not (train | valid) & set(TEST_SPEAKERS)
     assert speakers_in(out["test"]) == set(TEST_SPEAKERS)
-    assert read_trial_list(out["trials"]["veri_test2.txt"]) == read_trial_list(o_list)
+    assert list(read_trials(out["trials"]["veri_test2.txt"])) == list(read_trials(o_list))
     encoder = CategoricalEncoder()
     encoder.load(out["label_encoder"])
     assert encoder.lab2ind == {spk: i for i, spk in enumerate(sorted(train))}
     # Bad files of the dev speakers were skipped, not listed.
     assert not any("corrupt" in row["ID"] or "short" in row["ID"] for row in read_csv(out["train"]))
     valid_ids = {row["ID"] for row in read_csv(out["valid"])}
-    for label, enrol, test in read_trial_list(out["valid_trials"]):
+    for label, enrol, test in list(read_trials(out["valid_trials"])):
         assert enrol.endswith(".wav") and enrol[:-4] in valid_ids and test[:-4] in valid_ids
         assert (enrol.split("/")[0] == test.split("/")[0]) == bool(label)
 
@@ -192,7 +197,7 @@ def test_voxceleb_trial_list_errors(tmp_path, vox1):
         prepare_voxceleb(tmp_path / "s3", vox1_folder=vox1, trial_lists=["list_test_hard2.txt"])
     bad.write_text("1 only-two-fields.wav\n")
     with pytest.raises(ValueError, match="line 1"):
-        read_trial_list(bad)
+        list(read_trials(bad))
     with pytest.raises(FileNotFoundError, match="no_vox1_here"):
         prepare_voxceleb(tmp_path / "s4", vox1_folder=tmp_path / "no_vox1_here")
 
@@ -227,7 +232,7 @@ def test_voxceleb_idempotent(tmp_path, vox1):
     before = os.stat(out["valid_trials"]).st_mtime_ns
     prepare_voxceleb(tmp_path / "save", **{**kwargs, "num_valid_trials": 6})
     assert os.stat(out["valid_trials"]).st_mtime_ns != before
-    assert len(read_trial_list(out["valid_trials"])) == 6
+    assert len(list(read_trials(out["valid_trials"]))) == 6
 
 
 FAKE_FFMPEG = """#!{python}
@@ -306,7 +311,7 @@ def test_custom_corpus_split_and_trials(tmp_path):
     train, valid = speakers_in(out["train"]), speakers_in(out["valid"])
     assert len(valid) == 3 and not train & valid and train | valid == set(speakers)
     assert "spk00/deeper/nest/x" in {r["ID"] for r in read_csv(out["train"]) + read_csv(out["valid"])}
-    trials = read_trial_list(out["valid_trials"])
+    trials = list(read_trials(out["valid_trials"]))
     assert len(trials) == 20 and sum(label for label, _, _ in trials) == 10
     assert len({frozenset((e, t)) for _, e, t in trials}) == 20
     for label, enrol, test in trials:
@@ -425,7 +430,7 @@ def test_prepare_data_cli(tmp_path, capsys):
     out = cli.main(["custom", "--data_folder", str(data), "--save_folder", str(tmp_path / "save"),
                     "--num_valid_speakers", "2", "--num_valid_trials", "6", "--min_duration", "0.5"])
     assert '"valid_trials"' in capsys.readouterr().out
-    assert len(read_trial_list(out["valid_trials"])) == 6
+    assert len(list(read_trials(out["valid_trials"]))) == 6
     noise = cli.main(["noise", "--save_folder", str(tmp_path / "noise"), "--noise_folders", f"rir={data / 'a'}"])
     assert set(noise) == {"rir"}
     with pytest.raises(SystemExit):

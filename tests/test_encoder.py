@@ -10,8 +10,8 @@ alone.
 
 import pytest
 import torch
-from torch import nn
 from test_lobes import single_thread  # noqa: F401 (autouse fixture)
+from torch import nn
 
 LENGTHS = (8000, 5600, 3200)  # samples at 16 kHz
 

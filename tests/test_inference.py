@@ -23,8 +23,17 @@ from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
 from speechbrain.utils.fetching import FetchConfig
 from transformers import WavLMModel
 
-from lap_speechbrain.inference import AudioError, LAPSpeakerRecognition, load_audio, load_encoder
-from lap_speechbrain.inference.export import ExportError, export_reference, export_training_output
+from lap_speechbrain.export.folder import (
+    ExportError,
+    export_reference,
+    export_training_output,
+)
+from lap_speechbrain.inference import (
+    AudioError,
+    LAPSpeakerRecognition,
+    load_audio,
+    load_encoder,
+)
 from lap_speechbrain.nnet import SubCenterClassifier
 
 BACKEND = dict(lap_channels=16, num_heads=4, embedding_dim=8, lap_dropout=0.1,

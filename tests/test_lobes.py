@@ -11,7 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from lap_speechbrain.lobes import LAPSpeakerBackend, LayerAttentivePooling, WeightedLayerSum
+from lap_speechbrain.lobes import (
+    LAPSpeakerBackend,
+    LayerAttentivePooling,
+    WeightedLayerSum,
+)
 
 BN_EPS = 1e-5  # torch's BatchNorm default, as in the reference
 LAP = "backend.layer_aggregation."

@@ -7,9 +7,13 @@ import torch
 import torch.nn.functional as F
 from speechbrain.nnet.losses import LogSoftmaxWrapper
 from speechbrain.utils.checkpoints import Checkpointer
-
-from lap_speechbrain.nnet import AdditiveAngularMarginInterTopK, MarginScheduler, SubCenterClassifier
 from test_lobes import single_thread  # noqa: F401 (autouse fixture)
+
+from lap_speechbrain.nnet import (
+    AdditiveAngularMarginInterTopK,
+    MarginScheduler,
+    SubCenterClassifier,
+)
 
 
 def expected_logits(cosines, target, margin, top_k, penalty, scale=30.0):

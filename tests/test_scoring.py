@@ -29,7 +29,11 @@ from lap_speechbrain.scoring import (
     write_results,
 )
 from lap_speechbrain.scoring.embeddings import plan_batches
-from lap_speechbrain.scoring.qmf import embedding_quality, qmf_features, sample_training_pairs
+from lap_speechbrain.scoring.qmf import (
+    embedding_quality,
+    qmf_features,
+    sample_training_pairs,
+)
 
 # --------------------------------------------------------------------------- metrics
 

@@ -10,15 +10,19 @@ import soundfile
 
 from lap_speechbrain.data.manifest import read_csv
 from lap_speechbrain.data.noise import NOISE_FIELDS
-from lap_speechbrain.data.synthetic import NOISE_TYPES, prepare_synthetic_corpus
-from lap_speechbrain.data.synthetic_baseline import mfcc_baseline_embeddings
-from lap_speechbrain.data.synthetic_effects import (
+from lap_speechbrain.demo.mfcc_baseline import mfcc_baseline_embeddings
+from lap_speechbrain.demo.synthetic import NOISE_TYPES, prepare_synthetic_corpus
+from lap_speechbrain.demo.synthetic_effects import (
     Room,
     band_limit,
     coloured_noise,
     room_impulse_response,
 )
-from lap_speechbrain.data.synthetic_speech import SAMPLE_RATE, sample_speakers, speak_duration
+from lap_speechbrain.demo.synthetic_speech import (
+    SAMPLE_RATE,
+    sample_speakers,
+    speak_duration,
+)
 
 TINY = dict(
     num_train_speakers=3,

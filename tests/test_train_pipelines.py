@@ -9,15 +9,16 @@ import torch
 from speechbrain.augment.time_domain import AddNoise
 from speechbrain.dataio.encoder import CategoricalEncoder
 
+from lap_speechbrain.augment import OneCorruptionPerUtterance
 from lap_speechbrain.data.pipelines import (
-    OneCorruptionPerUtterance,
     change_speed,
     read_crop,
     train_dataset,
     valid_dataset,
 )
+from lap_speechbrain.fileio import atomic_write_json
 from lap_speechbrain.nnet.schedulers import WarmupCosineScheduler
-from lap_speechbrain.training.checkpoints import AtomicCheckpointer, atomic_write_json
+from lap_speechbrain.training.checkpoints import AtomicCheckpointer
 from lap_speechbrain.training.stages import check_stages
 
 SPEAKERS = ["spk_b", "spk_a", "spk_c"]
@@ -172,8 +173,8 @@ def test_stage_selection_is_validated():
 
 
 def test_babble_sums_several_talkers(tmp_path):
+    from lap_speechbrain.augment import AddBabble
     from lap_speechbrain.data.noise import prepare_noise_csvs
-    from lap_speechbrain.data.pipelines import AddBabble
 
     (tmp_path / "speech").mkdir()
     for index in range(4):

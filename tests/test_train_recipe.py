@@ -68,7 +68,7 @@ def recipe_args(corpus, output: Path, **stages) -> list:
     sections = {
         "frozen": f"{{epochs: 1, {tiny}}}",
         "joint": f"{{epochs: 1, {tiny}}}",
-        "lmft": f"{{epochs: 1, batch_size: 2, grad_accumulation_factor: 2, crop_seconds: 0.75}}",
+        "lmft": "{epochs: 1, batch_size: 2, grad_accumulation_factor: 2, crop_seconds: 0.75}",
     }
     sections.update(stages)
     root = corpus["root"]

@@ -246,7 +246,7 @@ def test_recipe_runs_from_the_yaml(corpus, encoder, tmp_path, monkeypatch):
 
 def test_recipe_with_an_exported_model(corpus, encoder, tmp_path):
     """End to end: the real load_encoder on an exported folder, no stand-ins."""
-    from lap_speechbrain.inference.export import export_model
+    from lap_speechbrain.export.folder import export_model
     from lap_speechbrain.nnet import SubCenterClassifier
 
     exported = export_model(

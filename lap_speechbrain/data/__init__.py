@@ -5,7 +5,12 @@ Authors
 """
 
 from lap_speechbrain.data.custom import prepare_custom_corpus
-from lap_speechbrain.data.manifest import read_csv, scan_audio, speaker_encoder, write_csv
+from lap_speechbrain.data.manifest import (
+    read_csv,
+    scan_audio,
+    speaker_encoder,
+    write_csv,
+)
 from lap_speechbrain.data.noise import prepare_noise_csvs
 from lap_speechbrain.data.voxceleb import prepare_voxceleb
 

@@ -12,11 +12,10 @@ import logging
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lap_speechbrain.data.manifest import (
     PathLike,
-    atomic_open,
     folder_fingerprint,
     is_prepared,
     mark_prepared,
@@ -26,11 +25,9 @@ from lap_speechbrain.data.manifest import (
     speaker_encoder,
     write_csv,
 )
+from lap_speechbrain.data.trials import Trial, write_trials
 
 logger = logging.getLogger(__name__)
-
-Trial = Tuple[int, str, str]
-
 
 def hold_out_speakers(
     rows: Sequence[Mapping[str, object]], num_valid_speakers: int, seed: int
@@ -135,26 +132,6 @@ def make_trials(
             add(0, rng.choice(utterances[spk_a]), rng.choice(utterances[spk_b]))
     rng.shuffle(trials)  # any prefix of the list is then about as balanced as the whole
     return trials
-
-
-def write_trials(trials: Iterable[Trial], path: PathLike) -> str:
-    """Writes a VoxCeleb-format trial list (``label enrol test`` per line) atomically.
-
-    Arguments
-    ---------
-    trials : iterable of (label, enrol, test)
-        The trials.
-    path : str or Path
-        Destination.
-
-    Returns
-    -------
-    str
-        ``path``.
-    """
-    with atomic_open(path) as file:
-        file.writelines(f"{label} {enrol} {test}\n" for label, enrol, test in trials)
-    return str(path)
 
 
 def validation_trials(

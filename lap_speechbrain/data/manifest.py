@@ -22,14 +22,15 @@ import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import soundfile
 from speechbrain.dataio.encoder import CategoricalEncoder
 from tqdm import tqdm
+
+from lap_speechbrain.fileio import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def probe_audio(
     Example
     -------
     >>> import tempfile, numpy
-    >>> path = Path(tempfile.mkdtemp()) / "a.wav"
+    >>> path = Path(str(getfixture("tmpdir"))) / "a.wav"
     >>> soundfile.write(path, numpy.zeros(8000), 16000)
     >>> probe_audio([path], desc="")[0].duration
     0.5
@@ -279,7 +280,7 @@ def scan_audio(
     Example
     -------
     >>> import tempfile, numpy
-    >>> root = Path(tempfile.mkdtemp())
+    >>> root = Path(str(getfixture("tmpdir")))
     >>> (root / "spk1" / "session").mkdir(parents=True)
     >>> soundfile.write(root / "spk1" / "session" / "u1.wav", numpy.zeros(16000), 16000)
     >>> row = scan_audio(root, desc="")[0]
@@ -330,45 +331,6 @@ def scan_audio(
     return sorted(rows, key=lambda row: row["ID"])
 
 
-@contextmanager
-def atomic_open(path: PathLike, mode: str = "w") -> Iterator:
-    """Opens a temporary file next to ``path`` and renames it over ``path`` on success.
-
-    A crash mid-write leaves ``path`` untouched (old content or absent), never half written.
-
-    Arguments
-    ---------
-    path : str or Path
-        Final file.
-    mode : str
-        ``"w"`` (text, utf-8) or ``"wb"``.
-
-    Yields
-    ------
-    file
-        The open temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    # mkstemp creates the file 0600, which the rename would keep: use the
-    # permissions an ordinary open() would give.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(handle, mode, encoding=encoding, newline="" if encoding else None) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
 def write_csv(
     rows: Sequence[Mapping[str, object]], path: PathLike, fieldnames: Sequence[str] = MANIFEST_FIELDS
 ) -> str:
@@ -391,7 +353,7 @@ def write_csv(
     Example
     -------
     >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "m.csv"
+    >>> path = Path(str(getfixture("tmpdir"))) / "m.csv"
     >>> _ = write_csv([{"ID": "s/v/u", "duration": 1.5, "wav": "/a/s/v/u.wav", "spk_id": "s"}], path)
     >>> read_csv(path)[0]["duration"]
     1.5

@@ -21,7 +21,6 @@ import soundfile
 from lap_speechbrain.data.manifest import (
     AudioInfo,
     PathLike,
-    atomic_open,
     find_audio_files,
     folder_fingerprint,
     is_prepared,
@@ -31,6 +30,7 @@ from lap_speechbrain.data.manifest import (
     require_outside,
     write_csv,
 )
+from lap_speechbrain.fileio import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def prepare_noise_csvs(
     Example
     -------
     >>> import tempfile, numpy
-    >>> folder = Path(tempfile.mkdtemp())
+    >>> folder = Path(str(getfixture("tmpdir")))
     >>> (folder / "noises").mkdir()
     >>> soundfile.write(folder / "noises" / "hum.wav", numpy.zeros(1600), 16000)
     >>> csvs = prepare_noise_csvs(folder / "csv", noise_folders={"noise": folder / "noises"})

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Set
 
 from tqdm import tqdm
 
-from lap_speechbrain.data.custom import Trial, hold_out_speakers, validation_trials, write_trials
+from lap_speechbrain.data.custom import hold_out_speakers, validation_trials
 from lap_speechbrain.data.manifest import (
     PathLike,
     file_fingerprint,
@@ -36,7 +36,7 @@ from lap_speechbrain.data.manifest import (
     speaker_encoder,
     write_csv,
 )
-from lap_speechbrain.scoring.trials import read_trials
+from lap_speechbrain.data.trials import Trial, read_trials, write_trials
 
 logger = logging.getLogger(__name__)
 
@@ -158,32 +158,6 @@ def convert_m4a_to_wav(
     if failed:
         logger.warning("%d of %d .m4a files could not be converted.", failed, len(jobs))
     return target_folder
-
-
-def read_trial_list(path: PathLike) -> List[Trial]:
-    """Reads a VoxCeleb-format trial list (``label enrol test`` per line) as tuples.
-
-    Arguments
-    ---------
-    path : str or Path
-        The trial list.
-
-    Returns
-    -------
-    list of (label, enrol, test)
-        The trials.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "trials.txt"
-    >>> _ = path.write_text("1 a/v/1.wav a/w/2.wav\\n0 a/v/1.wav b/x/1.wav\\n")
-    >>> read_trial_list(path)[1]
-    (0, 'a/v/1.wav', 'b/x/1.wav')
-    """
-    # One parser for the format: the scoring package's, whose errors name file and line.
-    trials = read_trials(path)
-    return list(zip(trials.labels.tolist(), trials.enrol, trials.test))
 
 
 def _resolve_trial_list(name: PathLike, vox1_folder: Path) -> Path:
@@ -348,7 +322,7 @@ def prepare_voxceleb(
         return outputs
     options_file.unlink(missing_ok=True)  # a crash below must not leave a stale "done" mark
 
-    trials = {name: read_trial_list(path) for name, path in trial_paths.items()}
+    trials = {name: list(read_trials(path)) for name, path in trial_paths.items()}
     test_speakers = _speakers_of(trials)
     train_rows = []
     if vox1 is not None:

@@ -56,7 +56,7 @@ def load_audio(
     Example
     -------
     >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "stereo_8k.wav")
+    >>> path = os.path.join(str(getfixture("tmpdir")), "stereo_8k.wav")
     >>> sf.write(path, np.zeros((8000, 2), dtype=np.int16), 8000)
     >>> load_audio(path).shape
     torch.Size([16000])

@@ -117,7 +117,7 @@ def load_encoder(
     # yaml), so it is recognised by its trained-model artifact; a folder with
     # neither gets find_artifact's error saying what it lacks.
     if folder.is_dir() and (_is_training_output(folder) or not (folder / "hyperparams.yaml").is_file()):
-        from lap_speechbrain.inference.export import export_training_output, find_artifact
+        from lap_speechbrain.export.folder import export_training_output, find_artifact
 
         artifact = find_artifact(folder)
         exported = Path(savedir) if savedir is not None else _cache_folder(artifact)
@@ -135,7 +135,7 @@ def load_encoder(
 
 def _is_training_output(folder: Path) -> bool:
     """Whether ``folder`` is a training output folder (or its ``save/model``)."""
-    from lap_speechbrain.inference.export import ExportError, find_artifact
+    from lap_speechbrain.export.folder import ExportError, find_artifact
 
     try:
         find_artifact(folder)

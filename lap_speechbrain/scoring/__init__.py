@@ -1,5 +1,6 @@
 """Speaker-verification scoring: metrics, trial lists, embeddings, AS-Norm, QMF and reports."""
 
+from lap_speechbrain.data.trials import TrialListError, Trials, read_trials
 from lap_speechbrain.scoring.embeddings import (
     EmbeddingTable,
     MissingAudioError,
@@ -15,8 +16,12 @@ from lap_speechbrain.scoring.normalization import (
     trial_scores,
 )
 from lap_speechbrain.scoring.qmf import QMFCalibrator, qmf_features
-from lap_speechbrain.scoring.report import evaluate_scores, markdown_table, plot_det, write_results
-from lap_speechbrain.scoring.trials import TrialListError, Trials, read_trials
+from lap_speechbrain.scoring.report import (
+    evaluate_scores,
+    markdown_table,
+    plot_det,
+    write_results,
+)
 from lap_speechbrain.scoring.verification import (
     encoder_embedding_fn,
     evaluate_model,

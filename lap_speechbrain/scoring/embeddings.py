@@ -37,7 +37,8 @@ import torch
 from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
-from lap_speechbrain.data.manifest import atomic_open, probe_audio
+from lap_speechbrain.data.manifest import probe_audio
+from lap_speechbrain.fileio import atomic_open
 
 EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LoadFn = Callable[[str], torch.Tensor]

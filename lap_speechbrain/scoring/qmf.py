@@ -30,7 +30,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from lap_speechbrain.data.manifest import atomic_open
+from lap_speechbrain.fileio import atomic_open
 
 FEATURE_NAMES = (
     "as_norm_score",

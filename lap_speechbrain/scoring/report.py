@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from lap_speechbrain.data.manifest import atomic_open
+from lap_speechbrain.fileio import atomic_open
 from lap_speechbrain.scoring.metrics import (
     compute_eer,
     det_curve,

@@ -39,9 +39,10 @@ import numpy as np
 import torch
 
 from lap_speechbrain.data.manifest import read_csv
+from lap_speechbrain.data.trials import Trials, read_trials
 from lap_speechbrain.scoring.embeddings import (
-    EmbedFn,
     EmbeddingTable,
+    EmbedFn,
     LoadFn,
     check_audio_files,
     extract_embeddings,
@@ -59,8 +60,12 @@ from lap_speechbrain.scoring.qmf import (
     qmf_features,
     sample_training_pairs,
 )
-from lap_speechbrain.scoring.report import Results, evaluate_scores, plot_det, write_results
-from lap_speechbrain.scoring.trials import Trials, read_trials
+from lap_speechbrain.scoring.report import (
+    Results,
+    evaluate_scores,
+    plot_det,
+    write_results,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -12,16 +12,17 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
-import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Union
 
 from speechbrain.utils.checkpoints import Checkpoint, Checkpointer, ckpt_recency
-from speechbrain.utils.distributed import ddp_barrier, if_main_process, main_process_only
+from speechbrain.utils.distributed import (
+    ddp_barrier,
+    if_main_process,
+    main_process_only,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class AtomicCheckpointer(Checkpointer):
     Example
     -------
     >>> import torch
-    >>> folder = tempfile.mkdtemp()
+    >>> folder = str(getfixture("tmpdir"))
     >>> model = torch.nn.Linear(2, 2)
     >>> checkpointer = AtomicCheckpointer(folder, {"model": model})
     >>> checkpoint = checkpointer.save_checkpoint(meta={"EER": 0.1})
@@ -123,46 +124,3 @@ class AtomicCheckpointer(Checkpointer):
         os.rename(path, trash)
         shutil.rmtree(trash)
         logger.log(verbosity, f"Deleted checkpoint in {path}")
-
-
-def atomic_write(path: Union[str, Path], write: Callable[[Path], Any]) -> Path:
-    """Calls ``write(temporary_path)`` and renames the result to ``path``.
-
-    Arguments
-    ---------
-    path : str or Path
-        Final file or folder.
-    write : callable
-        Writes a file (or a folder) at the path it is given.
-
-    Returns
-    -------
-    Path
-        ``path``.
-
-    Example
-    -------
-    >>> target = Path(tempfile.mkdtemp()) / "marker.txt"
-    >>> _ = atomic_write(target, lambda tmp: tmp.write_text("done"))
-    >>> target.read_text()
-    'done'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    staged = temporary / path.name
-    try:
-        write(staged)
-        if path.is_dir():
-            # A folder cannot be replaced in one rename: move the old one aside first.
-            old = temporary / (path.name + ".old")
-            os.rename(path, old)
-        os.replace(staged, path)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return path
-
-
-def atomic_write_json(path: Union[str, Path], data: Any) -> Path:
-    """Writes ``data`` as indented JSON, atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))

@@ -27,8 +27,9 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from lap_speechbrain.brain import SpeakerBrain
 from lap_speechbrain.data.pipelines import train_dataset, utterance_id, valid_dataset
+from lap_speechbrain.fileio import atomic_write, atomic_write_json
 from lap_speechbrain.scoring import Trials, read_trials
-from lap_speechbrain.training.checkpoints import AtomicCheckpointer, atomic_write, atomic_write_json
+from lap_speechbrain.training.checkpoints import AtomicCheckpointer
 
 logger = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def save_random_wavlm(
     Example
     -------
     >>> import tempfile
-    >>> folder = save_random_wavlm(tempfile.mkdtemp(), hidden_size=32, num_hidden_layers=2,
+    >>> folder = save_random_wavlm(str(getfixture("tmpdir")), hidden_size=32, num_hidden_layers=2,
     ...     num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
     ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
     >>> WavLMConfig.from_pretrained(folder).num_hidden_layers

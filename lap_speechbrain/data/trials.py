@@ -6,9 +6,13 @@ Authors
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Union
+from typing import Iterable, Iterator, List, Tuple, Union
 
 import numpy as np
+
+from lap_speechbrain.fileio import atomic_open
+
+Trial = Tuple[int, str, str]
 
 
 class TrialListError(ValueError):
@@ -38,6 +42,10 @@ class Trials:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def __iter__(self) -> Iterator[Trial]:
+        """The trials as ``(label, enrol, test)`` tuples, in file order."""
+        return iter(zip(self.labels.tolist(), self.enrol, self.test))
 
     @property
     def utterances(self) -> List[str]:
@@ -70,7 +78,7 @@ def read_trials(path: Union[str, Path]) -> Trials:
     Example
     -------
     >>> import tempfile, os
-    >>> folder = tempfile.mkdtemp()
+    >>> folder = str(getfixture("tmpdir"))
     >>> path = os.path.join(folder, "trials.txt")
     >>> _ = open(path, "w").write("1 a/x/1.wav a/y/2.wav\\n0 a/x/1.wav b/z/3.wav\\n")
     >>> trials = read_trials(path)
@@ -101,3 +109,23 @@ def read_trials(path: Union[str, Path]) -> Trials:
     if not labels:
         raise TrialListError(f"trial list {path} has no trials")
     return Trials(np.asarray(labels, dtype=np.int64), enrol, test, str(path))
+
+
+def write_trials(trials: Iterable[Trial], path: Union[str, Path]) -> str:
+    """Writes a VoxCeleb-format trial list (``label enrol test`` per line) atomically.
+
+    Arguments
+    ---------
+    trials : iterable of (label, enrol, test)
+        The trials.
+    path : str or Path
+        Destination.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    with atomic_open(path) as file:
+        file.writelines(f"{label} {enrol} {test}\n" for label, enrol, test in trials)
+    return str(path)

@@ -10,9 +10,9 @@ corpus in exactly the layout and formats of a real one::
     <save_folder>/manifests/                train/valid CSVs, valid trials, noise/babble/rir CSVs
     <save_folder>/metadata.csv              what was done to every utterance
 
-Speakers are espeak-ng voices (see :mod:`lap_speechbrain.data.synthetic_speech`)
+Speakers are espeak-ng voices (see :mod:`lap_speechbrain.demo.synthetic_speech`)
 reading random sentences; each utterance then goes through a recording chain
-(see :mod:`lap_speechbrain.data.synthetic_effects`): a simulated room for a
+(see :mod:`lap_speechbrain.demo.synthetic_effects`): a simulated room for a
 share of them, additive noise at 5-20 dB SNR, the equaliser and level of its
 session, and a telephone band for some. The shares are exact: the degraded
 utterances of each split are a seeded draw of ``round(probability * count)``.
@@ -44,10 +44,16 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from lap_speechbrain.data.custom import make_trials, prepare_custom_corpus, write_trials
-from lap_speechbrain.data.manifest import PathLike, is_prepared, mark_prepared, write_csv
+from lap_speechbrain.data.custom import make_trials, prepare_custom_corpus
+from lap_speechbrain.data.manifest import (
+    PathLike,
+    is_prepared,
+    mark_prepared,
+    write_csv,
+)
 from lap_speechbrain.data.noise import prepare_noise_csvs
-from lap_speechbrain.data.synthetic_effects import (
+from lap_speechbrain.data.trials import write_trials
+from lap_speechbrain.demo.synthetic_effects import (
     NOISE_COLOURS,
     Channel,
     Room,
@@ -61,7 +67,7 @@ from lap_speechbrain.data.synthetic_effects import (
     sample_room,
     to_pcm16,
 )
-from lap_speechbrain.data.synthetic_speech import (
+from lap_speechbrain.demo.synthetic_speech import (
     SAMPLE_RATE,
     SpeakerProfile,
     babble,
@@ -461,7 +467,7 @@ def prepare_synthetic_corpus(
     -------
     >>> import tempfile
     >>> paths = prepare_synthetic_corpus(
-    ...     tempfile.mkdtemp(), num_train_speakers=2, num_valid_speakers=2, num_test_speakers=2,
+    ...     str(getfixture("tmpdir")), num_train_speakers=2, num_valid_speakers=2, num_test_speakers=2,
     ...     utterances_per_speaker=2, sessions_per_speaker=1, min_duration=1.0, max_duration=1.5,
     ...     num_test_trials=4, num_valid_trials=2, num_rooms=1, num_augmentation_files=1, num_workers=1,
     ... )

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.fft import irfft, next_fast_len, rfft, rfftfreq
 from scipy.signal import butter, firwin2, oaconvolve, sosfilt
 
-from lap_speechbrain.data.synthetic_speech import SAMPLE_RATE
+from lap_speechbrain.demo.synthetic_speech import SAMPLE_RATE
 
 NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 
@@ -80,7 +80,7 @@ def add_noise(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarra
     -------
     >>> speech = np.ones(100, dtype=np.float32)
     >>> noisy = add_noise(speech, np.full(100, 0.5, dtype=np.float32), snr_db=20.0)
-    >>> round(float(10 * np.log10(1.0 / np.mean((noisy - speech) ** 2))), 6)
+    >>> round(float(10 * np.log10(1.0 / np.mean((noisy - speech) ** 2))), 3)
     20.0
     """
     speech_power = np.mean(speech.astype(np.float64) ** 2)

@@ -13,7 +13,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
-from lap_speechbrain.data.synthetic_baseline import mfcc_baseline_embeddings
+from lap_speechbrain.demo.mfcc_baseline import mfcc_baseline_embeddings
 from lap_speechbrain.scoring import evaluate_scores, read_trials
 from lap_speechbrain.scoring.report import Results
 

@@ -47,7 +47,7 @@ def mfcc_baseline_embeddings(paths: Sequence[Union[str, Path]], desc: str = "MFC
     Example
     -------
     >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
+    >>> folder = Path(str(getfixture("tmpdir")))
     >>> rng = np.random.default_rng(0)
     >>> for name in ("a.wav", "b.wav"):
     ...     soundfile.write(folder / name, rng.standard_normal(8000) * 0.1, SAMPLE_RATE)

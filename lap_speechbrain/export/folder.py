@@ -1,6 +1,6 @@
 """Packages a trained model as a folder that SpeechBrain loads from disk or the Hub.
 
-The exported folder holds ``hyperparams.yaml`` (``hparams/inference.yaml``
+The exported folder holds ``hyperparams.yaml`` (``lap_speechbrain/export/inference.yaml``
 with its first section filled in), ``embedding_model.ckpt`` (SSL model and
 LAP backend), ``classifier.ckpt``, ``label_encoder.ckpt`` and a ``README.md``
 model card with Hugging Face metadata. Two inputs are supported:
@@ -8,7 +8,7 @@ model card with Hugging Face metadata. Two inputs are supported:
 - a training output folder of ``recipes/train_speaker_embeddings.py`` (its
   ``save/model/`` artifact), and
 - a ``model.state`` of the authors' reference implementation with the SSL
-  model's config (a hub id or folder), through :mod:`lap_speechbrain.convert`.
+  model's config (a hub id or folder), through :mod:`lap_speechbrain.export.reference`.
 
 The folder is written to a temporary sibling, loaded once with
 ``EncoderClassifier.from_hparams`` as a check, and renamed into place.
@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -30,11 +31,10 @@ import yaml
 from speechbrain.dataio.encoder import CategoricalEncoder
 from transformers import AutoConfig
 
+from lap_speechbrain.export.card import model_card
 from lap_speechbrain.inference.audio import SSL_RECEPTIVE_FIELD
-from lap_speechbrain.inference.card import model_card
 from lap_speechbrain.lobes import SSLSpeakerEncoder
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "hparams" / "inference.yaml"
 ARTIFACT_SUBFOLDER = Path("save") / "model"
 ARTIFACT_FILES = (
     "embedding_model.ckpt",
@@ -53,6 +53,11 @@ PathLike = Union[str, Path]
 
 class ExportError(ValueError):
     """The export input is incomplete or inconsistent, or the output folder is taken."""
+
+
+def inference_template() -> str:
+    """The text of the exported ``hyperparams.yaml`` template (package data)."""
+    return resources.files("lap_speechbrain.export").joinpath("inference.yaml").read_text(encoding="utf-8")
 
 
 def fill_template(template: str, values: Mapping[str, Any]) -> str:
@@ -256,10 +261,7 @@ def export_model(
     }
     if len(set(labels)) != len(labels):
         raise ExportError(f"the class labels are not unique: {sorted(labels)[:10]}...")
-    if not TEMPLATE.is_file():
-        raise ExportError(f"{TEMPLATE} not found: export needs the repository's hparams/ folder "
-                          "(install lap-speechbrain from a source checkout with pip install -e .)")
-    hyperparams = fill_template(TEMPLATE.read_text(encoding="utf-8"), values)
+    hyperparams = fill_template(inference_template(), values)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -433,7 +435,7 @@ def export_reference(
     Path
         ``out_dir``.
     """
-    from lap_speechbrain.convert import from_reference
+    from lap_speechbrain.export.reference import from_reference
 
     converted = from_reference(checkpoint)
     config = converted["config"]
