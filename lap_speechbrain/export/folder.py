@@ -34,6 +34,8 @@ from transformers import AutoConfig
 from lap_speechbrain.export.card import model_card
 from lap_speechbrain.inference.audio import SSL_RECEPTIVE_FIELD
 from lap_speechbrain.lobes import SSLSpeakerEncoder
+from lap_speechbrain.scoring.report import read_results
+from lap_speechbrain.lobes.ssl_encoder import BACKEND_KEYS
 
 ARTIFACT_SUBFOLDER = Path("save") / "model"
 ARTIFACT_FILES = (
@@ -43,7 +45,6 @@ ARTIFACT_FILES = (
     "ssl_config.json",
     "backend_config.json",
 )
-BACKEND_KEYS = ("lap_channels", "num_heads", "embedding_dim", "lap_dropout", "layer_pooling", "frame_dropout")
 THRESHOLD_KEYS = ("valid_threshold", "eer_threshold")
 # SpeakerRecognition.verify_batch's default, used when nothing was calibrated.
 UNCALIBRATED_THRESHOLD = 0.25
@@ -144,31 +145,6 @@ def find_last(summary: Any, keys: Sequence[str]) -> Optional[float]:
         elif nested is not None:
             found = nested
     return found
-
-
-def read_results(path: PathLike) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """Reads an evaluation JSON: ``{trial list: {condition: {metric: value}}}``.
-
-    This is the ``results.json`` of ``recipes/speaker_verification.py``
-    (``lap_speechbrain.scoring.report``): ``{"Vox1-O": {"cosine": {"eer":
-    0.0037, "eer_threshold": ..., "min_dcf_0.01": ..., "min_dcf_0.05": ...},
-    ...}}`` with EER as a fraction; ``EER`` / ``minDCF@0.01`` keys are read too.
-    """
-    path = Path(path)
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ExportError(f"{path}: cannot read the evaluation results ({error})") from error
-    valid = isinstance(results, dict) and all(
-        isinstance(conditions, dict)
-        and all(isinstance(metrics, dict) for metrics in conditions.values())
-        for conditions in results.values()
-    )
-    if not valid:
-        raise ExportError(
-            f"{path}: expected {{trial list: {{condition: {{metric: value}}}}}}, got {results!r:.200}"
-        )
-    return results
 
 
 def export_model(

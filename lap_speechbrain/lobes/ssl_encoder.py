@@ -4,13 +4,20 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
-from typing import Optional
+import inspect
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lap_speechbrain.lobes.backend import LAPSpeakerBackend
+
+# The backend settings a model folder records: every LAPSpeakerBackend argument
+# except the two sizes, which come from the SSL model's config.
+BACKEND_KEYS = tuple(
+    name for name in inspect.signature(LAPSpeakerBackend).parameters if name not in ("num_layers", "input_size")
+)
 
 
 class SSLSpeakerEncoder(nn.Module):
@@ -72,6 +79,14 @@ class SSLSpeakerEncoder(nn.Module):
         self.backend = LAPSpeakerBackend(
             num_layers=self.num_layers,
             input_size=self.input_size,
+            lap_channels=lap_channels,
+            num_heads=num_heads,
+            embedding_dim=embedding_dim,
+            lap_dropout=lap_dropout,
+            layer_pooling=layer_pooling,
+            frame_dropout=frame_dropout,
+        )
+        self.backend_config: Dict[str, Any] = dict(
             lap_channels=lap_channels,
             num_heads=num_heads,
             embedding_dim=embedding_dim,

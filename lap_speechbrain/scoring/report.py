@@ -103,6 +103,45 @@ def markdown_table(results: Results, p_targets: Sequence[float]) -> str:
     return "\n".join(lines)
 
 
+class ResultsError(ValueError):
+    """A results file that cannot be read; the message names it."""
+
+
+def read_results(path: Union[str, Path]) -> Results:
+    """Reads the ``results.json`` that :func:`write_results` writes.
+
+    Arguments
+    ---------
+    path : str or Path
+        The file: ``{trial list: {condition: {metric: value}}}`` with EER as a
+        fraction and minDCFs under :func:`dcf_key` names.
+
+    Returns
+    -------
+    dict
+        The results.
+
+    Raises
+    ------
+    ResultsError
+        Naming the file when it is unreadable or not of that shape.
+    """
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ResultsError(f"{path}: cannot read the evaluation results ({error})") from error
+    valid = isinstance(results, dict) and all(
+        isinstance(conditions, dict) and all(isinstance(metrics, dict) for metrics in conditions.values())
+        for conditions in results.values()
+    )
+    if not valid:
+        raise ResultsError(
+            f"{path}: expected {{trial list: {{condition: {{metric: value}}}}}}, got {results!r:.200}"
+        )
+    return results
+
+
 def write_results(
     results: Results,
     output_folder: Union[str, Path],

@@ -40,7 +40,6 @@ STAGE_KEYS = (
     "weight_decay", "speed_perturb_prob", "augment", "margin_loss", "compute_cost",
     "margin_schedule", "lr_schedule", "epoch_counter",
 )
-BACKEND_KEYS = ("lap_channels", "num_heads", "embedding_dim", "lap_dropout", "layer_pooling", "frame_dropout")
 
 
 def check_stages(hparams: Mapping) -> List[str]:
@@ -264,7 +263,7 @@ def write_trained_model(hparams: Mapping, records: List[dict], label_encoder_pat
     target = Path(hparams["save_folder"]) / EXPORT_FOLDER
     checkpoint = Path(records[-1]["checkpoint"])
     ssl_config = hparams["embedding_model"].ssl_model.model.config.to_dict()
-    backend_config = {key: hparams[key] for key in BACKEND_KEYS}
+    backend_config = hparams["embedding_model"].backend_config
 
     def write(folder: Path) -> None:
         folder.mkdir()
