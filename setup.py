@@ -24,8 +24,8 @@ setup(
     package_data={"lap_speechbrain.export": ["inference.yaml"]},
     install_requires=[
         "speechbrain>=1.1.0",
-        "torch>=2.1",
-        "torchaudio>=2.1",
+        "torch>=2.6",
+        "torchaudio>=2.6",
         "transformers>=4.40",
         "hyperpyyaml>=1.2.2",
         "sentencepiece>=0.1.99",
