@@ -92,7 +92,8 @@ class SpeakerBrain(sb.Brain):
     and ``classifier`` (:class:`lap_speechbrain.nnet.SubCenterClassifier`).
     ``hparams`` is the yaml with the stage's section merged in, so
     ``self.hparams`` describes the current stage: ``stage_name``,
-    ``lr_schedule``, ``margin_schedule``, ``compute_cost`` (``LogSoftmaxWrapper``
+    ``lr_schedule`` (a ``torch.optim.lr_scheduler`` factory taking the optimiser
+    and the stage's optimiser steps), ``margin_schedule``, ``compute_cost`` (``LogSoftmaxWrapper``
     around the stage's margin loss), ``weight_decay``, ``augment`` and
     ``wav_augment`` (a batch corruption module, or None), ``train_logger``,
     ``use_tensorboard`` and ``tensorboard_logger``.
@@ -111,11 +112,15 @@ class SpeakerBrain(sb.Brain):
         Held-out validation trials; their utterance IDs are manifest IDs.
     *args, **kwargs
         ``speechbrain.Brain`` arguments.
+
+    Set ``optimizer_steps`` (the stage's optimiser steps: the length of the LR
+    schedule, known once the training loader exists) before calling ``fit``.
     """
 
     def __init__(self, *args, valid_trials: Trials, **kwargs):
         super().__init__(*args, **kwargs)
         self.valid_trials = valid_trials
+        self.optimizer_steps: Optional[int] = None
         self.valid_embeddings: Dict[str, torch.Tensor] = {}
         self.train_stats: Dict[str, float] = {}
         self.tensorboard = None
@@ -160,13 +165,14 @@ class SpeakerBrain(sb.Brain):
         return loss
 
     def init_optimizers(self):
-        """One optimiser over the parameters that train in this stage, LR from the schedule."""
+        """One optimiser over the parameters that train in this stage, and its LR schedule."""
         parameters = [p for p in self.modules.parameters() if p.requires_grad]
         self.optimizer = self.opt_class(parameters, weight_decay=self.hparams.weight_decay)
         self.optimizers_dict = {"opt_class": self.optimizer}
-        self.hparams.lr_schedule.apply(self.optimizer)
+        self.lr_scheduler = self.hparams.lr_schedule(self.optimizer, total_steps=self.optimizer_steps)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+            self.checkpointer.add_recoverable("lr_schedule", self.lr_scheduler)
 
     def _wrap_distributed(self):
         """DDP as in SpeechBrain, with SyncBatchNorm only where it exists (CUDA).
@@ -192,15 +198,10 @@ class SpeakerBrain(sb.Brain):
                 find_unused_parameters=self.find_unused_parameters,
             )
 
-    def on_fit_start(self):
-        """SpeechBrain's start (DDP wrap, optimiser, recovery), then the LR of the restored step."""
-        super().on_fit_start()
-        self.hparams.lr_schedule.apply(self.optimizer)
-
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Advances the LR and margin schedules after each optimiser step."""
         if should_step:
-            self.hparams.lr_schedule(self.optimizer)
+            self.lr_scheduler.step()
             self.hparams.margin_schedule.step()
 
     def on_stage_start(self, stage, epoch=None):
@@ -530,7 +531,6 @@ def run_stage(
         recoverables={
             "embedding_model": embedding_model,
             "classifier": classifier,
-            "lr_schedule": stage["lr_schedule"],
             "margin_schedule": stage["margin_schedule"],
             "epoch_counter": stage["epoch_counter"],
         },
@@ -566,7 +566,7 @@ def run_stage(
     # SpeechBrain steps the optimiser every grad_accumulation_factor batches.
     steps_per_epoch = max(1, len(train_loader) // brain.grad_accumulation_factor)
     stage["margin_schedule"].set_steps_per_epoch(steps_per_epoch)
-    stage["lr_schedule"].set_total_steps(steps_per_epoch * stage["epochs"])
+    brain.optimizer_steps = steps_per_epoch * stage["epochs"]
 
     logger.info("Stage %s: %d classes, %d optimiser steps per epoch", name, num_classes, steps_per_epoch)
     brain.fit(stage["epoch_counter"], train_loader, valid_loader)
@@ -587,9 +587,7 @@ def run_stage(
         "batch_size": stage["batch_size"],
         "grad_accumulation_factor": brain.grad_accumulation_factor,
         "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-        "peak_lr": stage["lr_schedule"].peak_lr,
-        "final_lr": stage["lr_schedule"].final_lr,
-        "warmup_fraction": stage["lr_schedule"].warmup_fraction,
+        **{key: stage["lr_schedule"].keywords[key] for key in ("peak_lr", "final_lr", "warmup_fraction")},
         "weight_decay": stage["weight_decay"],
         "final_margin": stage["margin_schedule"].final_margin,
         "top_k": stage["margin_loss"].top_k,

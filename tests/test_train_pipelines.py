@@ -1,4 +1,4 @@
-"""Unit tests of the training data pipeline, augmentation and schedules."""
+"""Unit tests of the training data pipeline and augmentation."""
 
 import csv
 
@@ -16,7 +16,6 @@ from lap_speechbrain.data.pipelines import (
     train_dataset,
     valid_dataset,
 )
-from lap_speechbrain.nnet.schedulers import WarmupCosineScheduler
 
 SPEAKERS = ["spk_b", "spk_a", "spk_c"]
 
@@ -115,22 +114,6 @@ def test_one_corruption_per_utterance_keeps_the_batch():
     assert torch.all(covered == 500)
     with pytest.raises(ValueError, match="music"):
         OneCorruptionPerUtterance({"white": AddNoise()}, partial=["music"])
-
-
-def test_warmup_cosine_schedule_resumes_from_its_checkpoint(tmp_path):
-    optimizer = torch.optim.Adam(torch.nn.Linear(2, 2).parameters())
-    schedule = WarmupCosineScheduler(peak_lr=1e-3, final_lr=1e-5, warmup_fraction=0.1)
-    schedule.set_total_steps(50)
-    lrs = [schedule.apply(optimizer)] + [schedule(optimizer)[1] for _ in range(49)]
-    assert max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 4
-    assert lrs[-1] == pytest.approx(1e-5)
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # monotonic decay after warm-up
-
-    restored = WarmupCosineScheduler(peak_lr=1e-3, final_lr=1e-5, warmup_fraction=0.1)
-    schedule.current_step = 17
-    schedule.save(tmp_path / "lr.ckpt")
-    restored.load(tmp_path / "lr.ckpt")
-    assert restored.apply(optimizer) == pytest.approx(lrs[17])
 
 
 def test_babble_sums_several_talkers(tmp_path):

@@ -218,8 +218,8 @@ def test_resume_after_sigkill_in_stage_2(corpus, tmp_path):
     final = json.loads((joint / "stage_done.json").read_text())
     latest = max(checkpoints(joint), key=lambda p: p.name)
     steps = 2 * (16 // 2)  # epochs x optimiser steps per epoch (16 training utterances)
-    for name in ("lr_schedule", "margin_schedule"):
-        assert torch.load(latest / f"{name}.ckpt", weights_only=True)["current_step"] == steps
+    assert torch.load(latest / "margin_schedule.ckpt", weights_only=True)["current_step"] == steps
+    assert torch.load(latest / "lr_schedule.ckpt", weights_only=True)["last_epoch"] == steps
     assert (latest / "epoch_counter.ckpt").read_text() == "2"
     assert final["stage"] == "joint" and Path(final["checkpoint"]).exists()
     assert not [p for p in joint.iterdir() if p.name.startswith(".")], "staging leftovers"
@@ -251,7 +251,7 @@ def test_two_process_gloo_ddp_bf16(corpus, tmp_path):
         assert not any(key.startswith("module.") for key in state)
         assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point())
         # 16 utterances / (2 processes x batch 2) = 4 optimiser steps on each process.
-        assert torch.load(checkpoint / "lr_schedule.ckpt", weights_only=True)["current_step"] == 4
+        assert torch.load(checkpoint / "lr_schedule.ckpt", weights_only=True)["last_epoch"] == 4
 
 
 def test_a_second_run_on_a_folder_in_use_stops_at_once(corpus, tmp_path):
