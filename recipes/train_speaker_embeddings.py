@@ -587,7 +587,7 @@ def run_stage(
         "batch_size": stage["batch_size"],
         "grad_accumulation_factor": brain.grad_accumulation_factor,
         "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-        **{key: stage["lr_schedule"].keywords[key] for key in ("peak_lr", "final_lr", "warmup_fraction")},
+        **stage["lr_schedule"].keywords,  # peak_lr, final_lr, warmup_fraction
         "weight_decay": stage["weight_decay"],
         "final_margin": stage["margin_schedule"].final_margin,
         "top_k": stage["margin_loss"].top_k,

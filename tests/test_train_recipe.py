@@ -144,6 +144,7 @@ def test_all_stages_end_to_end(corpus, tmp_path):
     # later stages keep all of them by default (the reference's classifier).
     assert [records[name]["classes"] for name in ("frozen", "joint", "lmft")] == [12, 12, 12]
     assert records["lmft"]["grad_accumulation_factor"] == 2
+    assert (records["frozen"]["peak_lr"], records["lmft"]["warmup_fraction"]) == (1.0e-3, 0.0)
 
     # Stage 1 leaves WavLM bit-identical; stage 2 changes it (the CNN included).
     pretrained = load_file(Path(corpus["wavlm"]) / "model.safetensors")
@@ -292,6 +293,7 @@ def loaded(name: str, overrides: dict, tmp_path: Path, wavlm: str):
     ({"frozen": {"epoch": 1}}, r"frozen\.epoch \(valid keys of frozen: \[.*'epochs'"),
     ({"joint": {"margin_schedule": {"final_margni": 0.2}}}, r"joint\.margin_schedule\.final_margni"),
     ({"synthetic_corpus": {"num_speakers": 4}}, r"synthetic_corpus\.num_speakers"),
+    ({"num_worker": 2}, r"num_worker \(valid keys of the yaml: \[.*'num_workers'"),
 ])
 def test_misspelled_settings_stop_before_the_yaml_is_loaded(recipe, overrides, message):
     with pytest.raises(ValueError, match=message):
