@@ -28,6 +28,7 @@ setup(
         "torchaudio>=2.6",
         "transformers>=4.40",
         "hyperpyyaml>=1.2.2",
+        "ruamel.yaml>=0.17.28",  # read directly to check overrides (lap_speechbrain.training.settings)
         "sentencepiece>=0.1.99",
         "huggingface_hub>=0.23",
         "soundfile>=0.12",
