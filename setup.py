@@ -24,10 +24,11 @@ setup(
     package_data={"lap_speechbrain.export": ["inference.yaml"]},
     install_requires=[
         "speechbrain>=1.1.0",
-        "torch>=2.1",
-        "torchaudio>=2.1",
+        "torch>=2.6",
+        "torchaudio>=2.6",
         "transformers>=4.40",
         "hyperpyyaml>=1.2.2",
+        "ruamel.yaml>=0.17.28",  # read directly to check overrides (lap_speechbrain.training.settings)
         "sentencepiece>=0.1.99",
         "huggingface_hub>=0.23",
         "soundfile>=0.12",

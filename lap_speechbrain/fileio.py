@@ -8,13 +8,15 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, List, Sequence, Union
 
 PathLike = Union[str, Path]
 
@@ -106,3 +108,177 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any]) -> Path:
 def atomic_write_json(path: PathLike, data: Any) -> Path:
     """Writes ``data`` as indented JSON, atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+class FolderInUseError(RuntimeError):
+    """Another process holds the lock of a folder."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held while a run writes into it.
+
+    ``<folder>/.lock`` is locked with ``fcntl.flock``: the operating system
+    releases the lock when the process ends, even on SIGKILL, so a killed run
+    never leaves a stale lock behind. A second process fails at once with
+    :class:`FolderInUseError` naming the folder and the holder's PID.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The folder to lock (created if missing).
+
+    Example
+    -------
+    >>> folder = Path(getfixture("tmpdir")) / "run"
+    >>> with FolderLock(folder):  # doctest: +ELLIPSIS
+    ...     FolderLock(folder).acquire()
+    Traceback (most recent call last):
+    ...
+    lap_speechbrain.fileio.FolderInUseError: ...
+    """
+
+    FILE = ".lock"
+
+    def __init__(self, folder: PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / self.FILE
+        self._handle = None
+
+    def acquire(self) -> "FolderLock":
+        """Takes the lock or raises :class:`FolderInUseError`; returns self."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise FolderInUseError(
+                f"{self.folder} is in use by another run (PID {holder}, lock file {self.path}): wait "
+                "for it to finish or choose another output folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        """Releases the lock (the lock file stays; it is reused)."""
+        if self._handle is not None:
+            self._handle.close()  # closing the descriptor releases the flock
+            self._handle = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+# The hidden names the helpers above give the temporaries of <name>: mkdtemp and
+# mkstemp add 8 characters of [a-z0-9_] to the prefix ".<name>." (or ".<name>.old.").
+_TEMPORARY = r"\.{name}\.(?:old\.)?[a-z0-9_]{{8}}(?:\.tmp)?"
+
+
+def remove_stale_temporaries(folder: PathLike, names: Sequence[str] = ()) -> List[Path]:
+    """Removes what interrupted atomic writes left in ``folder``; returns what it removed.
+
+    A process killed inside :func:`atomic_write`, :func:`atomic_open` or an
+    export leaves a hidden ``.<name>.<random>`` staging folder (for a model,
+    about 1.2 GB with WavLM Large) or a ``.<name>.old.<random>`` copy. Only
+    entries of exactly that form are removed, and only for a ``<name>`` that
+    exists in ``folder`` or is in ``names``; nothing else is touched. Call it
+    only while holding the folder's :class:`FolderLock`.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The folder to clean (not recursive).
+    names : sequence of str
+        Further target names whose temporaries to remove (targets a killed
+        run had not written yet).
+
+    Returns
+    -------
+    list of Path
+
+    Example
+    -------
+    >>> folder = Path(getfixture("tmpdir"))
+    >>> (folder / ".model.k3j_x0qa").mkdir(); (folder / ".keep.me").mkdir()
+    >>> [p.name for p in remove_stale_temporaries(folder, ["model"])], sorted(p.name for p in folder.iterdir())
+    (['.model.k3j_x0qa'], ['.keep.me'])
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    targets = {path.name for path in folder.iterdir() if not path.name.startswith(".")} | set(names)
+    patterns = [re.compile(_TEMPORARY.format(name=re.escape(name))) for name in sorted(targets)]
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if not any(pattern.fullmatch(path.name) for pattern in patterns):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    return removed
+
+
+class NoSpaceLeftError(OSError):
+    """A write failed because the file system is full."""
+
+
+# torch.save reports a full disk as a C++ RuntimeError ("basic_ios::clear:
+# iostream error", "unexpected pos ..."); below this much free space a failed
+# write is taken to be that.
+FULL_DISK_BYTES = 64 * 1024 * 1024
+
+
+@contextmanager
+def reporting_full_disk(path: PathLike) -> Iterator[None]:
+    """Turns a write failure on a full disk into :class:`NoSpaceLeftError` naming ``path``.
+
+    Arguments
+    ---------
+    path : str or Path
+        The file or folder being written (the message names it).
+
+    Example
+    -------
+    >>> with reporting_full_disk("/dev/full"):  # doctest: +ELLIPSIS
+    ...     with open("/dev/full", "wb") as sink:
+    ...         _ = sink.write(b"x" * 100000)
+    Traceback (most recent call last):
+    ...
+    lap_speechbrain.fileio.NoSpaceLeftError: [Errno 28] no space left on /dev/full ...
+    """
+    try:
+        yield
+    except NoSpaceLeftError:
+        raise
+    except (OSError, RuntimeError) as error:
+        full = getattr(error, "errno", None) == errno.ENOSPC
+        if not full and isinstance(error, RuntimeError):
+            full = free_bytes(path) < FULL_DISK_BYTES
+        if not full:
+            raise
+        raise NoSpaceLeftError(
+            errno.ENOSPC,
+            f"no space left on {path} ({free_bytes(path)} bytes free): free some space (or choose "
+            "another folder) and run the same command again",
+        ) from error
+
+
+def free_bytes(path: PathLike) -> int:
+    """Bytes available to this user on the file system of ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free

@@ -13,6 +13,7 @@ from lap_speechbrain.nnet import (
     AdditiveAngularMarginInterTopK,
     MarginScheduler,
     SubCenterClassifier,
+    warmup_cosine_schedule,
 )
 
 
@@ -168,3 +169,33 @@ def test_margin_schedule_is_checkpointed(tmp_path):
     assert (restored.current_step, restored.steps_per_epoch) == (27, 10)
     assert restored_aam.margin == aam.margin == schedule.margin_at(27)
     assert restored_aam.top_k_penalty == aam.top_k_penalty
+
+
+def test_warmup_cosine_schedule_resumes_exactly_from_a_checkpoint(tmp_path):
+    def optimizer_and_schedule():
+        optimizer = torch.optim.Adam(torch.nn.Linear(2, 2).parameters())
+        return optimizer, warmup_cosine_schedule(optimizer, 50, peak_lr=1e-3, final_lr=1e-5, warmup_fraction=0.1)
+
+    def advance(optimizer, schedule, steps):
+        lrs = []
+        for _ in range(steps):
+            optimizer.step()
+            schedule.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+        return lrs
+
+    optimizer, schedule = optimizer_and_schedule()
+    lrs = [optimizer.param_groups[0]["lr"]] + advance(optimizer, schedule, 49)
+    assert lrs[0] == pytest.approx(1e-3 / 5)  # 5 warm-up steps
+    assert max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 4
+    assert lrs[-1] == pytest.approx(1e-5)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # monotonic decay after warm-up
+
+    # Killed after 17 steps: a new run restores optimiser and schedule through SpeechBrain.
+    optimizer, schedule = optimizer_and_schedule()
+    advance(optimizer, schedule, 17)
+    Checkpointer(tmp_path, {"optimizer": optimizer, "lr_schedule": schedule}).save_checkpoint()
+    optimizer, schedule = optimizer_and_schedule()
+    Checkpointer(tmp_path, {"optimizer": optimizer, "lr_schedule": schedule}).recover_if_possible()
+    resumed = [optimizer.param_groups[0]["lr"]] + advance(optimizer, schedule, 32)
+    assert resumed == lrs[17:]  # exactly, not approximately

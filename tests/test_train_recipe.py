@@ -1,10 +1,12 @@
-"""End-to-end tests of the staged training recipe on a tiny generated VoxCeleb tree.
+"""Tests of the staged training recipe (recipes/train_speaker_embeddings.py) on a tiny generated VoxCeleb tree.
 
 The recipe runs in subprocesses exactly as users run it (the same yaml with
 command-line overrides): all stages in order, resume after SIGKILL inside
-stage 2, and a two-process gloo DDP run.
+stage 2, a two-process gloo DDP run, and a second run on a folder in use.
+Its settings checks run in-process on the loaded yamls.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -19,7 +21,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import yaml
+from hyperpyyaml import load_hyperpyyaml
 from safetensors.torch import load_file
+from speechbrain.dataio.encoder import CategoricalEncoder
+
+from lap_speechbrain.fileio import FolderLock
+from lap_speechbrain.inference import LAPSpeakerRecognition
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_speaker_embeddings.py"
@@ -132,9 +140,11 @@ def test_all_stages_end_to_end(corpus, tmp_path):
     assert logged_epochs(output) == [("frozen", 1), ("joint", 1), ("lmft", 1)]
     save = output / "save"
     records = {name: json.loads((save / name / "stage_done.json").read_text()) for name in ("frozen", "joint", "lmft")}
-    # Speed perturbation (stage 1 only) triples the classes; 4 training speakers remain.
-    assert [records[name]["classes"] for name in ("frozen", "joint", "lmft")] == [12, 4, 4]
+    # Speed perturbation (stage 1 only) triples the classes of 4 training speakers, and the
+    # later stages keep all of them by default (the reference's classifier).
+    assert [records[name]["classes"] for name in ("frozen", "joint", "lmft")] == [12, 12, 12]
     assert records["lmft"]["grad_accumulation_factor"] == 2
+    assert (records["frozen"]["peak_lr"], records["lmft"]["warmup_fraction"]) == (1.0e-3, 0.0)
 
     # Stage 1 leaves WavLM bit-identical; stage 2 changes it (the CNN included).
     pretrained = load_file(Path(corpus["wavlm"]) / "model.safetensors")
@@ -146,22 +156,31 @@ def test_all_stages_end_to_end(corpus, tmp_path):
     assert any(key.startswith("feature_extractor.") for key in changed)
     assert any(key.startswith("encoder.layers.") for key in changed)
 
-    model = save / "model"
-    assert sorted(p.name for p in model.iterdir()) == [
-        "backend_config.json", "classifier.ckpt", "embedding_model.ckpt",
-        "label_encoder.txt", "ssl_config.json", "training_summary.json",
-    ]
-    backend = json.loads((model / "backend_config.json").read_text())
-    assert backend == {"lap_channels": 16, "num_heads": 4, "embedding_dim": 8, "lap_dropout": 0.1,
-                       "layer_pooling": "max", "frame_dropout": 0.1}
-    assert json.loads((model / "ssl_config.json").read_text())["hidden_size"] == 32
-    summary = json.loads((model / "training_summary.json").read_text())
-    assert [stage["stage"] for stage in summary["stages"]] == ["frozen", "joint", "lmft"]
+    # One model format: <output_folder>/model is an exported folder that SpeechBrain loads.
+    model = output / "model"
+    assert not (save / "model").exists()
+    assert {"README.md", "classifier.ckpt", "embedding_model.ckpt", "hyperparams.yaml",
+            "label_encoder.ckpt"} <= {p.name for p in model.iterdir()}
     exported = torch.load(model / "embedding_model.ckpt", weights_only=True)
     selected = torch.load(Path(records["lmft"]["checkpoint"]) / "embedding_model.ckpt", weights_only=True)
     assert exported.keys() == selected.keys() and all(torch.equal(exported[k], selected[k]) for k in exported)
-    assert (model / "label_encoder.txt").read_text() == (save / "label_encoder.txt").read_text()
-    assert torch.load(model / "classifier.ckpt", weights_only=True)["weight"].shape == (4 * 3, 8)
+    assert torch.load(model / "classifier.ckpt", weights_only=True)["weight"].shape == (12 * 3, 8)
+    speakers = CategoricalEncoder()
+    speakers.load(save / "label_encoder.txt")
+    names = [speakers.ind2lab[i] for i in range(len(speakers))]
+    labels = CategoricalEncoder()
+    labels.load(model / "label_encoder.ckpt")
+    assert [labels.ind2lab[i] for i in range(len(labels))] == (
+        names + [f"{n}@speed1" for n in names] + [f"{n}@speed2" for n in names])
+    loaded = LAPSpeakerRecognition.from_hparams(source=str(model), savedir=str(tmp_path / "loaded"))
+    assert loaded.threshold == pytest.approx(records["lmft"]["valid_threshold"])
+    assert loaded.mods.embedding_model.backend_config == {
+        "lap_channels": 16, "num_heads": 4, "embedding_dim": 8, "lap_dropout": 0.1,
+        "layer_pooling": "max", "frame_dropout": 0.1}
+    assert loaded.mods.embedding_model.input_size == 32
+    card = (model / "README.md").read_text()
+    assert yaml.safe_load(card.split("---")[1])["datasets"] == ["voxceleb"]  # model_card_datasets
+    assert '"stage": "lmft"' in card  # the training summary
 
 
 def test_resume_after_sigkill_in_stage_2(corpus, tmp_path):
@@ -169,7 +188,8 @@ def test_resume_after_sigkill_in_stage_2(corpus, tmp_path):
     # Stage 2: 2 epochs of 8 optimiser steps, an intra-epoch checkpoint after every step;
     # the kill comes at the first one, well before the end of the epoch.
     args = recipe_args(corpus, output, joint="{epochs: 2, batch_size: 2, crop_seconds: 0.5}")
-    args += ["--run_stages=[frozen,joint]", "--ckpt_interval_minutes=0", "--ckpt_interval_steps=1"]
+    args += ["--run_stages=[frozen,joint]", "--ckpt_interval_minutes=0", "--ckpt_interval_steps=1",
+             "--keep_speed_classes=False"]
     process = subprocess.Popen(
         [sys.executable, str(RECIPE), *args], env=environment(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -186,19 +206,28 @@ def test_resume_after_sigkill_in_stage_2(corpus, tmp_path):
         process.wait()
     assert not (joint / "stage_done.json").exists()
     assert logged_epochs(output) == [("frozen", 1)]
+    # What kills inside atomic writes leave (hidden staging and old copies), and a user's file.
+    leftovers = [output / ".model.k2j3h4l5", output / ".model.old.x0x0x0x0", joint / ".stage_done.json.abcd_123"]
+    for path in leftovers:
+        (path / "model").mkdir(parents=True)
+    (output / ".model.keep").mkdir()
 
     run_recipe(args)
+    assert not any(path.exists() for path in leftovers) and (output / ".model.keep").is_dir()
     # No stage or epoch ran twice, and the killed epoch was finished, not restarted.
     assert logged_epochs(output) == [("frozen", 1), ("joint", 1), ("joint", 2)]
     final = json.loads((joint / "stage_done.json").read_text())
     latest = max(checkpoints(joint), key=lambda p: p.name)
     steps = 2 * (16 // 2)  # epochs x optimiser steps per epoch (16 training utterances)
-    for name in ("lr_schedule", "margin_schedule"):
-        assert torch.load(latest / f"{name}.ckpt", weights_only=True)["current_step"] == steps
+    assert torch.load(latest / "margin_schedule.ckpt", weights_only=True)["current_step"] == steps
+    assert torch.load(latest / "lr_schedule.ckpt", weights_only=True)["last_epoch"] == steps
     assert (latest / "epoch_counter.ckpt").read_text() == "2"
     assert final["stage"] == "joint" and Path(final["checkpoint"]).exists()
     assert not [p for p in joint.iterdir() if p.name.startswith(".")], "staging leftovers"
-    assert (output / "save" / "model" / "embedding_model.ckpt").exists()
+    # keep_speed_classes=False: stage 2 rebuilds the classifier with the 4 speakers.
+    frozen = json.loads((output / "save" / "frozen" / "stage_done.json").read_text())
+    assert (frozen["classes"], final["classes"]) == (12, 4)
+    assert torch.load(output / "model" / "classifier.ckpt", weights_only=True)["weight"].shape == (4 * 3, 8)
 
 
 def test_two_process_gloo_ddp_bf16(corpus, tmp_path):
@@ -223,4 +252,89 @@ def test_two_process_gloo_ddp_bf16(corpus, tmp_path):
         assert not any(key.startswith("module.") for key in state)
         assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point())
         # 16 utterances / (2 processes x batch 2) = 4 optimiser steps on each process.
-        assert torch.load(checkpoint / "lr_schedule.ckpt", weights_only=True)["current_step"] == 4
+        assert torch.load(checkpoint / "lr_schedule.ckpt", weights_only=True)["last_epoch"] == 4
+
+
+def test_a_second_run_on_a_folder_in_use_stops_at_once(corpus, tmp_path):
+    output = tmp_path / "busy"
+    with FolderLock(output):  # another run holds the folder
+        result = subprocess.run(
+            [sys.executable, str(RECIPE), *recipe_args(corpus, output)],
+            env=environment(), capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode != 0
+    assert f"{output} is in use by another run (PID {os.getpid()}" in result.stderr
+    assert sorted(p.name for p in output.iterdir()) == [".lock"]  # nothing prepared or written
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("train_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe()
+
+
+def loaded(name: str, overrides: dict, tmp_path: Path, wavlm: str):
+    """A training yaml loaded with overrides as the recipe loads it; returns (hparams, file)."""
+    overrides = {"output_folder": str(tmp_path / "out"), "ssl_hub": wavlm, "lap_channels": 16,
+                 "num_heads": 4, "embedding_dim": 8, **overrides}
+    if name == "lap_wavlm.yaml":
+        overrides.setdefault("data_folder", str(tmp_path))
+    with open(REPO / "hparams" / name) as handle:
+        return load_hyperpyyaml(handle, yaml.safe_dump(overrides)), str(REPO / "hparams" / name)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"frozen": {"epoch": 1}}, r"frozen\.epoch \(valid keys of frozen: \[.*'epochs'"),
+    ({"joint": {"margin_schedule": {"final_margni": 0.2}}}, r"joint\.margin_schedule\.final_margni"),
+    ({"synthetic_corpus": {"num_speakers": 4}}, r"synthetic_corpus\.num_speakers"),
+    ({"num_worker": 2}, r"num_worker \(valid keys of the yaml: \[.*'num_workers'"),
+])
+def test_misspelled_settings_stop_before_the_yaml_is_loaded(recipe, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        recipe.check_overrides(str(REPO / "hparams" / "demo.yaml"), yaml.safe_dump(overrides))
+
+
+def test_overrides_of_open_mappings_and_known_keys_pass(recipe):
+    overrides = {"frozen": {"epochs": 1}, "evaluation": {"trial_lists": {"extra": "x.txt"}}}
+    recipe.check_overrides(str(REPO / "hparams" / "demo.yaml"), yaml.safe_dump(overrides))
+    recipe.check_overrides(str(REPO / "hparams" / "lap_wavlm.yaml"), "{noise_folders: {rir: /data/rirs}}")
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("lap_wavlm.yaml", {"run_stages": ["frozen", "jiont"]}, r"unknown stages \['jiont'\]"),
+    ("lap_wavlm.yaml", {"frozen": {"epochs": 0}}, r"frozen: epochs=0; expected an integer >= 1"),
+    ("lap_wavlm.yaml", {"lmft": {"batch_size": -4}}, r"lmft: batch_size=-4; expected an integer >= 1"),
+    ("lap_wavlm.yaml", {"joint": {"speed_perturb_prob": 1.5}}, r"speed_perturb_prob=1.5; expected a probability"),
+    ("lap_wavlm.yaml", {"frozen": {"augment": "yes"}}, r"augment='yes'; expected True or False"),
+    ("lap_wavlm.yaml", {"keep_speed_classes": "no"}, r"keep_speed_classes='no'"),
+    ("lap_wavlm.yaml", {"data_prep": "kaldi"}, r"data_prep='kaldi'; expected one of"),
+    ("lap_wavlm.yaml", {}, r"musan_folder, rir_folder and noise_folders are all unset"),
+    ("demo.yaml", {"data_prep": "custom"}, r"data_prep='custom' needs the keys \[.*'musan_folder'"),
+])
+def test_settings_that_cannot_work_stop_before_data_preparation(recipe, corpus, tmp_path, name, overrides, message):
+    hparams, path = loaded(name, overrides, tmp_path, corpus["wavlm"])
+    with pytest.raises(ValueError, match=message):
+        recipe.check_settings(hparams, path)
+
+
+def test_valid_settings_pass_and_return_the_stages(recipe, corpus, tmp_path):
+    hparams, path = loaded(
+        "lap_wavlm.yaml",
+        {"noise_folders": {"rir": str(tmp_path)}, "run_stages": ["joint", "lmft"], "frozen": {"epochs": 3}},
+        tmp_path, corpus["wavlm"],
+    )
+    assert recipe.check_settings(hparams, path) == ["joint", "lmft"]
+    assert hparams["frozen"]["epoch_counter"].limit == 3
+
+
+def test_a_stage_section_without_a_setting_is_refused(recipe, corpus, tmp_path):
+    hparams, path = loaded("lap_wavlm.yaml", {"noise_folders": {"rir": str(tmp_path)}}, tmp_path, corpus["wavlm"])
+    del hparams["joint"]["epochs"]
+    with pytest.raises(ValueError, match=r"section 'joint' lacks \['epochs'\]"):
+        recipe.check_settings(hparams, path)

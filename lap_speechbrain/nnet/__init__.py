@@ -2,11 +2,11 @@
 
 from lap_speechbrain.nnet.classifier import SubCenterClassifier
 from lap_speechbrain.nnet.losses import AdditiveAngularMarginInterTopK
-from lap_speechbrain.nnet.schedulers import MarginScheduler, WarmupCosineScheduler
+from lap_speechbrain.nnet.schedulers import MarginScheduler, warmup_cosine_schedule
 
 __all__ = [
     "AdditiveAngularMarginInterTopK",
     "MarginScheduler",
     "SubCenterClassifier",
-    "WarmupCosineScheduler",
+    "warmup_cosine_schedule",
 ]

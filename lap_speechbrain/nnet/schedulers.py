@@ -1,6 +1,8 @@
 """Schedules stepped once per optimiser step: the AAM margin and the learning rate.
 
-Both are saved and restored by SpeechBrain's ``Checkpointer``.
+Both are saved and restored by SpeechBrain's ``Checkpointer``. The learning
+rate uses torch's schedulers; the margin schedule has no counterpart in torch
+or SpeechBrain (it sets a loss attribute, not an optimiser's learning rate).
 
 Authors
  * lap-speechbrain contributors 2026
@@ -10,6 +12,7 @@ import math
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
     mark_as_saver,
@@ -146,101 +149,68 @@ class MarginScheduler:
         self._apply()
 
 
-@register_checkpoint_hooks
-class WarmupCosineScheduler:
-    """Linear warm-up to ``peak_lr``, then a cosine decay to ``final_lr``.
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    peak_lr: float,
+    final_lr: float,
+    warmup_fraction: float = 0.0,
+) -> SequentialLR:
+    """Linear warm-up to ``peak_lr``, then a cosine decay to ``final_lr`` (torch's schedulers).
 
-    Stepped once per optimiser step (docs/lap_spec.md section 5). SpeechBrain's
-    schedulers do not cover this exactly: ``CyclicCosineScheduler`` warms up
-    with a Noam-style curve and decays to zero, ``LinearWarmupScheduler`` decays
-    linearly, and ``WarmCoolDecayLRSchedule`` has a fixed cool-down shape; none
-    decays to a chosen floor along a cosine. A constant learning rate (stage 3)
-    is ``warmup_fraction=0`` with ``final_lr == peak_lr``.
-
-    Call :meth:`set_total_steps` once the data loader is known, :meth:`apply`
-    after the optimiser is built, and the scheduler itself after every
-    optimiser step (as SpeechBrain's schedulers are called).
+    Stepped once per optimiser step (docs/lap_spec.md section 5): a
+    ``LinearLR`` from ``peak_lr / warmup_steps`` to ``peak_lr`` over the
+    warm-up steps, then a ``CosineAnnealingLR`` to ``final_lr`` at the last
+    step, chained by ``SequentialLR``. With the optimiser's state restored,
+    its ``state_dict`` resumes the schedule exactly (SpeechBrain's
+    ``Checkpointer`` saves both). A constant learning rate (stage 3) is
+    ``warmup_fraction=0`` with ``final_lr == peak_lr``.
 
     Arguments
     ---------
+    optimizer : torch.optim.Optimizer
+        Its learning rate is set to the schedule's first value.
+    total_steps : int
+        Optimiser steps of the whole stage.
     peak_lr : float
         Learning rate at the end of the warm-up.
     final_lr : float
-        Learning rate after the last step.
+        Learning rate of the last step.
     warmup_fraction : float
-        Fraction of all optimiser steps spent warming up linearly from
-        ``peak_lr / warmup_steps``.
+        Fraction of the steps spent warming up.
+
+    Returns
+    -------
+    SequentialLR
+        Call ``step()`` after every optimiser step.
 
     Example
     -------
-    >>> model = torch.nn.Linear(2, 2)
-    >>> optimizer = torch.optim.Adam(model.parameters())
-    >>> schedule = WarmupCosineScheduler(peak_lr=1e-3, final_lr=1e-5, warmup_fraction=0.1)
-    >>> schedule.set_total_steps(100)
-    >>> schedule.apply(optimizer)
-    0.0001
-    >>> for _ in range(9):
-    ...     _ = schedule(optimizer)
-    >>> optimizer.param_groups[0]["lr"]  # the last warm-up step
-    0.001
-    >>> for _ in range(90):
-    ...     _ = schedule(optimizer)
-    >>> round(optimizer.param_groups[0]["lr"], 8)
-    1e-05
+    >>> optimizer = torch.optim.Adam(torch.nn.Linear(2, 2).parameters())
+    >>> schedule = warmup_cosine_schedule(optimizer, 100, peak_lr=1e-3, final_lr=1e-5, warmup_fraction=0.1)
+    >>> lrs = [optimizer.param_groups[0]["lr"]]
+    >>> for _ in range(99):
+    ...     optimizer.step()
+    ...     schedule.step()
+    ...     lrs.append(optimizer.param_groups[0]["lr"])
+    >>> round(lrs[0], 8), round(lrs[9], 8), round(lrs[-1], 8)  # first, last warm-up step, last step
+    (0.0001, 0.001, 1e-05)
     """
-
-    def __init__(self, peak_lr: float, final_lr: float, warmup_fraction: float = 0.0):
-        if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction={warmup_fraction}; expected a value in [0, 1)")
-        if peak_lr <= 0 or final_lr < 0:
-            raise ValueError(f"peak_lr={peak_lr}, final_lr={final_lr}; expected peak_lr > 0, final_lr >= 0")
-        self.peak_lr = peak_lr
-        self.final_lr = final_lr
-        self.warmup_fraction = warmup_fraction
-        self.total_steps = 1
-        self.current_step = 0
-
-    def set_total_steps(self, total_steps: int) -> None:
-        """Sets the number of optimiser steps of the whole stage."""
-        self.total_steps = max(1, int(total_steps))
-
-    @property
-    def warmup_steps(self) -> int:
-        """Number of warm-up steps (0 without warm-up)."""
-        return int(round(self.warmup_fraction * self.total_steps))
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of optimiser step ``step`` (0-based)."""
-        warmup = self.warmup_steps
-        if step < warmup:
-            return self.peak_lr * (step + 1) / warmup
-        decay_steps = max(self.total_steps - warmup - 1, 1)
-        progress = min((step - warmup) / decay_steps, 1.0)
-        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return self.final_lr + (self.peak_lr - self.final_lr) * cosine
-
-    def apply(self, optimizer: torch.optim.Optimizer) -> float:
-        """Sets the learning rate of the current step on ``optimizer``; returns it."""
-        lr = self.lr_at(self.current_step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def __call__(self, optimizer: torch.optim.Optimizer):
-        """Advances one optimiser step; returns (old_lr, new_lr) like SpeechBrain's schedulers."""
-        old_lr = optimizer.param_groups[0]["lr"]
-        self.current_step += 1
-        return old_lr, self.apply(optimizer)
-
-    @mark_as_saver
-    def save(self, path) -> None:
-        """Saves the step counter (Checkpointer hook)."""
-        torch.save({"current_step": self.current_step, "total_steps": self.total_steps}, path)
-
-    @mark_as_loader
-    def load(self, path, end_of_epoch: bool = False) -> None:
-        """Restores the step counter (Checkpointer hook)."""
-        del end_of_epoch  # the state is per step, not per epoch
-        state = torch.load(path, weights_only=True)
-        self.current_step = int(state["current_step"])
-        self.total_steps = int(state["total_steps"])
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction={warmup_fraction}; expected a value in [0, 1)")
+    if peak_lr <= 0 or final_lr < 0:
+        raise ValueError(f"peak_lr={peak_lr}, final_lr={final_lr}; expected peak_lr > 0, final_lr >= 0")
+    total_steps = max(1, int(total_steps))
+    warmup = int(round(warmup_fraction * total_steps))
+    for group in optimizer.param_groups:
+        group["lr"] = peak_lr
+        group.pop("initial_lr", None)  # the schedulers start from peak_lr
+    schedulers, milestones = [], []
+    if warmup:
+        schedulers.append(
+            LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+        )
+        milestones.append(warmup)
+    # The decay reaches final_lr at the last step (T_max of at least 1 step).
+    schedulers.append(CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup - 1, 1), eta_min=final_lr))
+    return SequentialLR(optimizer, schedulers, milestones)

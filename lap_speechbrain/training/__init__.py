@@ -1,1 +1,5 @@
-"""Training support: crash-safe checkpoints and the stage runner."""
+"""Training support for recipes: crash-safe checkpoints, stage bookkeeping, override checks.
+
+Every function takes explicit arguments; the training recipe
+(``recipes/train_speaker_embeddings.py``) owns the yaml and calls them.
+"""

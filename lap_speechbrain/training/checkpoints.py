@@ -24,6 +24,8 @@ from speechbrain.utils.distributed import (
     main_process_only,
 )
 
+from lap_speechbrain.fileio import reporting_full_disk
+
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging+"
@@ -65,11 +67,21 @@ class AtomicCheckpointer(Checkpointer):
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):
         """Saves into a staging folder, then renames it to ``CKPT+...``.
 
-        Arguments and return value as ``Checkpointer.save_checkpoint``.
+        Arguments and return value as ``Checkpointer.save_checkpoint``; a full
+        disk raises :class:`~lap_speechbrain.fileio.NoSpaceLeftError` naming
+        the checkpoint folder, and the staging folder is removed.
         """
-        staged = super().save_checkpoint(
-            meta=meta, end_of_epoch=end_of_epoch, name=name, verbosity=logging.DEBUG
-        )
+        try:
+            with reporting_full_disk(self.checkpoints_dir):
+                staged = super().save_checkpoint(
+                    meta=meta, end_of_epoch=end_of_epoch, name=name, verbosity=logging.DEBUG
+                )
+        except BaseException:
+            # A failed save (a full disk) gives its space back at once.
+            if if_main_process():
+                for leftover in Path(self.checkpoints_dir).glob(STAGING_PREFIX + "CKPT+*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+            raise
         ddp_barrier()  # every process has written its files into the staging folder
         if staged is None:
             return None
