@@ -8,6 +8,7 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -106,3 +107,32 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any]) -> Path:
 def atomic_write_json(path: PathLike, data: Any) -> Path:
     """Writes ``data`` as indented JSON, atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def sha256_file(path: PathLike) -> str:
+    """The SHA-256 hex digest of a file's content, read in 1 MiB blocks.
+
+    Example
+    -------
+    >>> target = Path(getfixture("tmpdir")) / "a.txt"
+    >>> _ = target.write_text("abc")
+    >>> sha256_file(target)[:16]
+    'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def overlaps(first: PathLike, second: PathLike) -> bool:
+    """Whether one path is the other or lies inside it (after resolving links).
+
+    Example
+    -------
+    >>> overlaps("/data/run", "/data/run/model"), overlaps("/data/run", "/data/run2")
+    (True, False)
+    """
+    first, second = Path(first).resolve(), Path(second).resolve()
+    return first == second or first in second.parents or second in first.parents
