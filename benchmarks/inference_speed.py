@@ -81,7 +81,7 @@ def export_random_model(workdir: Path, front_end: str) -> Path:
     return export_model(
         workdir / f"exported-{front_end}", ssl_config=config, backend_config={},
         embedding_state=encoder.state_dict(), classifier_state=classifier.state_dict(),
-        labels=[f"spk{i}" for i in range(10)],
+        labels=[f"spk{i}" for i in range(10)], threshold=None,
     )
 
 

@@ -9,8 +9,11 @@ Examples::
     lap-speechbrain push exported/lap-wavlm-large user/lap-wavlm-large --dry-run
     lap-speechbrain plot-attention a.wav --model exported/ --out lap.png
 
-``--model`` is an exported folder, a hub id or a training output folder.
-Exit status: 0 success, 1 bad input or failure (message on stderr), 2 usage.
+``--model`` is an exported folder, a hub id or a training output folder (its
+``model/``). Local folders are read in place; ``--savedir`` only applies to hub
+ids. No command replaces a folder it did not make: ``export --overwrite``
+replaces only an earlier export. Exit status: 0 success, 1 bad input or
+failure (message on stderr), 2 usage.
 
 Authors
  * lap-speechbrain contributors 2026
@@ -32,7 +35,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="exported folder, hub id (user/repo) or training output folder")
     parser.add_argument("--savedir", default=None,
-                        help="where hub files are linked, or a training output folder is exported")
+                        help="hub ids only: a new, empty or earlier --savedir folder where the model's "
+                             "files are linked (default: read from the Hugging Face cache)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
 
 
@@ -48,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("first", help="audio file (any sample rate, mono or stereo)")
     verify.add_argument("second", help="audio file")
     verify.add_argument("--threshold", type=float, default=None,
-                        help="cosine threshold (default: the one stored with the model)")
+                        help="same speaker when cosine >= threshold (default: the one stored with the model)")
     _model_arguments(verify)
     verify.set_defaults(run=run_verify)
 
@@ -77,15 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --reference-checkpoint: file of class names, one per line, in class order")
     export.add_argument("--results", default=None,
                         help="results.json of recipes/speaker_verification.py, for the card's results "
-                             "(default: TRAINING_OUTPUT/results.json if present)")
+                             "(default: TRAINING_OUTPUT/evaluation/results.json or TRAINING_OUTPUT/results.json)")
     export.add_argument("--threshold", type=float, default=None,
-                        help="verification threshold (default: the validation threshold of the training summary)")
+                        help="verification threshold (default: the one training stored; a reference "
+                             "checkpoint has none, so SpeechBrain's uncalibrated 0.25)")
     export.add_argument("--embedding-mean", default=None, help="torch.save-d (E,) training-set mean embedding")
     export.add_argument("--repo-id", default=None, help="hub id used in the model card's usage code")
-    export.add_argument("--license", default="apache-2.0", help="license of the model card (default: apache-2.0)")
+    export.add_argument("--license", default=None,
+                        help="license of the model card (default: the training output's, else apache-2.0)")
     export.add_argument("--dataset", action="append", default=None,
-                        help="hub dataset id for the model card (repeatable; default: voxceleb)")
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+                        help="hub dataset id for the model card (repeatable; default: the training output's)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace OUT_DIR if it is an earlier export (never any other folder)")
     export.set_defaults(run=run_export)
 
     push = commands.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
@@ -117,11 +124,10 @@ def _read_audio(model, path: str):
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    """Prints the cosine score and the decision."""
+    """Prints the cosine score and the decision (same speaker when score >= threshold)."""
     model = _load_model(args)
-    first, second = _read_audio(model, args.first), _read_audio(model, args.second)
     threshold = model.threshold if args.threshold is None else args.threshold
-    score, decision = model.verify_batch(first[None], second[None], threshold=threshold)
+    score, decision = model.verify_files(args.first, args.second, threshold=threshold)
     print(f"score {float(score):.4f}  threshold {threshold:.4f}  "
           f"{'same speaker' if bool(decision) else 'different speakers'}")
 
@@ -181,8 +187,10 @@ def run_export(args: argparse.Namespace) -> None:
     """Exports a training output folder or a reference checkpoint."""
     from lap_speechbrain.export.folder import export_reference, export_training_output
 
-    card = dict(repo_id=args.repo_id, license=args.license, overwrite=args.overwrite,
+    card = dict(repo_id=args.repo_id, overwrite=args.overwrite,
                 results=args.results, threshold=args.threshold, embedding_mean=args.embedding_mean)
+    if args.license:
+        card["license"] = args.license
     if args.dataset:
         card["datasets"] = args.dataset
     if args.reference_checkpoint is not None:
@@ -193,6 +201,9 @@ def run_export(args: argparse.Namespace) -> None:
             labels = [line.strip() for line in Path(args.labels).read_text(encoding="utf-8").splitlines()
                       if line.strip()]
         out = export_reference(args.reference_checkpoint, args.ssl_source, args.paths[0], labels=labels, **card)
+        if args.threshold is None:
+            print("note: no --threshold; the model stores SpeechBrain's uncalibrated 0.25 and its card says so",
+                  file=sys.stderr)
     else:
         if len(args.paths) != 2 or args.ssl_source is not None or args.labels is not None:
             raise UsageError("give TRAINING_OUTPUT OUT_DIR (--ssl-source and --labels go with "
@@ -219,11 +230,17 @@ def run_push(args: argparse.Namespace) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> None:
-    """Plots the gates of one utterance."""
+    """Plots the gates of one utterance (its first ``max_chunk_seconds`` if longer)."""
     from lap_speechbrain.inference.plots import plot_lap_attention
 
     model = _load_model(args)
     waveform = _read_audio(model, args.audio)
+    seconds = model.hparams.max_chunk_seconds
+    if seconds is not None and waveform.numel() > seconds * model.hparams.sample_rate:
+        # Memory grows with the square of the length: plot the first chunk only.
+        print(f"note: {args.audio} lasts {waveform.numel() / model.hparams.sample_rate:.1f} s; plotting its "
+              f"first {seconds:g} s (the model's max_chunk_seconds)", file=sys.stderr)
+        waveform = waveform[: int(seconds * model.hparams.sample_rate)]
     gates = plot_lap_attention(model.mods.embedding_model, waveform, args.out,
                                sample_rate=model.hparams.sample_rate, title=Path(args.audio).name)
     print(f"gates of {gates.shape[0]} heads x {gates.shape[1]} frames x {gates.shape[2]} layers -> {args.out}")

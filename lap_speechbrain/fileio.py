@@ -9,6 +9,7 @@ Authors
 """
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -282,3 +283,32 @@ def free_bytes(path: PathLike) -> int:
     while not path.exists() and path != path.parent:
         path = path.parent
     return shutil.disk_usage(path).free
+
+
+def sha256_file(path: PathLike) -> str:
+    """The SHA-256 hex digest of a file's content, read in 1 MiB blocks.
+
+    Example
+    -------
+    >>> target = Path(getfixture("tmpdir")) / "a.txt"
+    >>> _ = target.write_text("abc")
+    >>> sha256_file(target)[:16]
+    'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def overlaps(first: PathLike, second: PathLike) -> bool:
+    """Whether one path is the other or lies inside it (after resolving links).
+
+    Example
+    -------
+    >>> overlaps("/data/run", "/data/run/model"), overlaps("/data/run", "/data/run2")
+    (True, False)
+    """
+    first, second = Path(first).resolve(), Path(second).resolve()
+    return first == second or first in second.parents or second in first.parents

@@ -45,7 +45,7 @@ from lap_speechbrain.data import prepare_custom_corpus, prepare_noise_csvs, prep
 from lap_speechbrain.data.pipelines import train_dataset, utterance_id, valid_dataset
 from lap_speechbrain.demo.finish import mfcc_baseline_results, verify_examples
 from lap_speechbrain.demo.synthetic import prepare_synthetic_corpus
-from lap_speechbrain.export.folder import export_model
+from lap_speechbrain.export.folder import export_model, export_training_output
 from lap_speechbrain.fileio import FolderLock, remove_stale_temporaries, reporting_full_disk
 from lap_speechbrain.scoring import (
     Trials,
@@ -55,7 +55,6 @@ from lap_speechbrain.scoring import (
     markdown_table,
     read_trials,
 )
-from lap_speechbrain.scoring.report import read_results
 from lap_speechbrain.training.checkpoints import AtomicCheckpointer
 from lap_speechbrain.training.settings import check_override_keys
 from lap_speechbrain.training.stages import (
@@ -631,9 +630,7 @@ def run_stages(
     return finished_records(save_folder, hparams["stages"], run[-1]), speaker_names(label_encoder)
 
 
-def save_model(
-    out_dir: Path, hparams: dict, records: List[dict], speakers: List[str], results: Optional[dict] = None
-) -> Path:
+def save_model(out_dir: Path, hparams: dict, records: List[dict], speakers: List[str]) -> Path:
     """Writes the selected model of the last stage as a model folder (``export_model``'s format).
 
     Arguments
@@ -646,8 +643,6 @@ def save_model(
         The finished stages' records; the last one's checkpoint is the model.
     speakers : list of str
         The training speakers in label order.
-    results : dict or None
-        Evaluation results for the model card.
 
     Returns
     -------
@@ -666,7 +661,6 @@ def save_model(
             classifier_state=torch.load(checkpoint / "classifier.ckpt", map_location="cpu", weights_only=True),
             labels=class_labels(speakers, last["classes"]),
             threshold=last["valid_threshold"],
-            results=results,
             training_summary={"ssl_hub": str(hparams["ssl_hub"]), "stages": records},
             origin=(
                 "trained with lap-speechbrain's recipe `recipes/train_speaker_embeddings.py` "
@@ -695,10 +689,9 @@ def finish(hparams: dict, run_opts: dict, records: List[dict], speakers: List[st
             print(markdown_table(baseline, evaluation["p_targets"]))
     if hparams["export_folder"]:
         results_file = Path(evaluation["output_folder"]) / "results.json" if evaluation else None
-        save_model(
-            Path(hparams["export_folder"]), hparams, records, speakers,
-            results=read_results(results_file) if results_file else None,
-        )
+        # A copy of the trained model folder with the results in its card;
+        # overwrite replaces only an earlier export, never another folder.
+        export_training_output(hparams["output_folder"], hparams["export_folder"], results=results_file, overwrite=True)
         outputs["exported model"] = hparams["export_folder"]
     if hparams["verify_examples"]:
         trial_list = next(iter(evaluation["trial_lists"].values()))

@@ -1,14 +1,12 @@
-"""Export of a trained model and its loading with SpeechBrain's inference interfaces.
+"""Loading exported models with SpeechBrain's inference interfaces and load_encoder.
 
-A tiny randomly initialised SSLSpeakerEncoder stands in for a trained model: it
-is written in the training recipe's ``save/model`` layout, exported, and the
-exported folder is loaded from disk, from a hub id in a pre-seeded offline
-Hugging Face cache, and through ``load_encoder``.
+A tiny randomly initialised SSLSpeakerEncoder stands in for a trained model:
+it is written as training writes it (``export_model`` into ``<run>/model``
+next to a copy of the training yaml), then loaded from disk, from a hub id in
+a pre-seeded offline Hugging Face cache, and through ``load_encoder``.
 """
 
-import json
-import os
-import re
+import hashlib
 import shutil
 import socket
 from pathlib import Path
@@ -17,29 +15,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import yaml
-from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
 from speechbrain.utils.fetching import FetchConfig
-from transformers import WavLMModel
 
-from lap_speechbrain.export.folder import (
-    ExportError,
-    export_reference,
-    export_training_output,
-)
-from lap_speechbrain.inference import (
-    AudioError,
-    LAPSpeakerRecognition,
-    load_audio,
-    load_encoder,
-)
+from lap_speechbrain.export.folder import export_model
+from lap_speechbrain.inference import AudioError, LAPSpeakerRecognition, load_audio, load_encoder
+from lap_speechbrain.inference.interfaces import SAVEDIR_MARKER
 from lap_speechbrain.nnet import SubCenterClassifier
+from lap_speechbrain.scoring.embeddings import chunk_waveform
 
+ROOT = Path(__file__).resolve().parents[1]
 BACKEND = dict(lap_channels=16, num_heads=4, embedding_dim=8, lap_dropout=0.1,
                layer_pooling="max", frame_dropout=0.1)
 SPEAKERS = ["id00012", "id00017", "id00050", "id00101", "id00420"]
 THRESHOLD = 0.3125
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def randomize_(encoder, seed: int = 0) -> None:
@@ -65,28 +55,58 @@ def randomize_(encoder, seed: int = 0) -> None:
     encoder.eval()
 
 
-def write_training_output(folder: Path, encoder, classifier, threshold=THRESHOLD) -> Path:
-    """The training recipe's artifact: ``<output_folder>/save/model/``."""
-    artifact = folder / "save" / "model"
-    artifact.mkdir(parents=True)
-    torch.save(encoder.state_dict(), artifact / "embedding_model.ckpt")
-    torch.save(classifier.state_dict(), artifact / "classifier.ckpt")
-    labels = CategoricalEncoder()
-    labels.update_from_iterable(SPEAKERS)
-    labels.save(artifact / "label_encoder.txt")
-    (artifact / "ssl_config.json").write_text(json.dumps(encoder.ssl_model.model.config.to_dict()))
-    (artifact / "backend_config.json").write_text(json.dumps(BACKEND))
-    classes = classifier.out_neurons
-    summary = {"ssl_hub": "tiny", "stages": [  # the training recipe's layout
-        {"stage": "frozen", "valid_EER": 0.31, "valid_threshold": 0.2, "classes": 3 * len(SPEAKERS)},
-        {"stage": "joint", "valid_EER": 0.25, "valid_threshold": threshold, "classes": classes}]}
-    (artifact / "training_summary.json").write_text(json.dumps(summary))
+def write_training_output(folder: Path, encoder, classifier, threshold=THRESHOLD, **export) -> Path:
+    """A training output folder as training leaves it: ``model/`` (an export) and the rest.
+
+    ``model/`` is written with ``export_model`` as the training recipe does;
+    the training yaml copy, a log and a checkpoint stand for the rest.
+    """
+    folder.mkdir(parents=True)
+    shutil.copyfile(ROOT / "hparams" / "demo.yaml", folder / "hyperparams.yaml")
+    (folder / "train_log.txt").write_text("epoch: 1, train loss: 9.1\n")
+    (folder / "save" / "frozen" / "CKPT+1").mkdir(parents=True)
+    torch.save(encoder.state_dict(), folder / "save" / "frozen" / "CKPT+1" / "embedding_model.ckpt")
+    summary = {"ssl_hub": "tiny", "stages": [
+        {"stage": "frozen", "valid_EER": 0.31, "valid_threshold": 0.2},
+        {"stage": "joint", "valid_EER": 0.25, "valid_threshold": threshold}]}
+    labels = SPEAKERS * (classifier.out_neurons // len(SPEAKERS))
+    labels = SPEAKERS + [f"{s}@speed{i // len(SPEAKERS)}" for i, s in enumerate(labels) if i >= len(SPEAKERS)]
+    export_model(
+        folder / "model",
+        encoder.ssl_model.model.config.to_dict(),
+        BACKEND,
+        encoder.state_dict(),
+        classifier.state_dict(),
+        labels,
+        threshold,
+        training_summary=summary,
+        origin=f"trained with lap-speechbrain's recipe (output folder `{folder.name}`)",
+        datasets=["voxceleb"],
+        overwrite=True,
+        **export,
+    )
     return folder
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` (links not followed) -> SHA-256 of its content."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*")) if path.is_file() and not path.is_symlink()
+    }
+
+
+def seed_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """Puts ``folder`` into a Hugging Face cache as ``repo_id`` at ``HUB_COMMIT``."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / HUB_COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
 
 
 @pytest.fixture
 def trained(make_encoder, tiny_wavlm_large):
-    """(in-memory encoder in eval mode, classifier, training output folder)."""
+    """(in-memory encoder in eval mode, classifier)."""
     encoder = make_encoder(tiny_wavlm_large, **BACKEND)
     randomize_(encoder)
     classifier = SubCenterClassifier(8, len(SPEAKERS))
@@ -100,8 +120,8 @@ def training_output(trained, tmp_path):
 
 
 @pytest.fixture
-def exported(training_output, tmp_path):
-    return export_training_output(training_output, tmp_path / "exported")
+def exported(training_output):
+    return training_output / "model"
 
 
 def batch(seed=0, lengths=(16000, 11200, 6400)):
@@ -116,7 +136,8 @@ def batch(seed=0, lengths=(16000, 11200, 6400)):
 def test_exported_folder_gives_the_training_embeddings(trained, exported):
     encoder, _ = trained
     assert sorted(p.name for p in exported.iterdir()) == [
-        "README.md", "classifier.ckpt", "embedding_model.ckpt", "hyperparams.yaml", "label_encoder.ckpt"]
+        "README.md", "classifier.ckpt", "embedding_model.ckpt", "hyperparams.yaml", "label_encoder.ckpt",
+        "lap_export.json", "training_summary.json"]
     model = EncoderClassifier.from_hparams(source=str(exported))
     wavs, lens = batch()
     with torch.no_grad():
@@ -156,9 +177,9 @@ def write_voices(folder: Path):
 def test_verify_files_accepts_8k_stereo_and_uses_the_calibrated_threshold(exported, tmp_path):
     first, second = write_voices(tmp_path / "audio")
     model = LAPSpeakerRecognition.from_hparams(source=str(exported))
-    assert model.threshold == THRESHOLD  # the last stage's validation threshold
+    assert model.threshold == THRESHOLD  # the threshold training passed to export_model
     score, decision = model.verify_files(str(first), str(second))
-    assert bool(decision) == bool(score > THRESHOLD)
+    assert bool(decision) == bool(score >= THRESHOLD)
     # Same score as embedding the resampled, mixed-down waveforms by hand.
     reference = torch.nn.functional.cosine_similarity(
         model.encode_batch(load_audio(first)[None]), model.encode_batch(load_audio(second)[None]), dim=-1)
@@ -171,13 +192,60 @@ def test_verify_files_accepts_8k_stereo_and_uses_the_calibrated_threshold(export
     assert bool(decisions.all())
 
 
+def test_a_score_equal_to_the_threshold_is_the_same_speaker(exported, tmp_path):
+    first, second = write_voices(tmp_path / "audio")
+    model = LAPSpeakerRecognition.from_hparams(source=str(exported))
+    score, _ = model.verify_files(first, second)
+    at = float(score)  # a float32 value: exactly representable
+    above = float(np.nextafter(np.float32(at), np.float32(2)))
+    assert bool(model.verify_files(first, second, threshold=at)[1])
+    assert not bool(model.verify_files(first, second, threshold=above)[1])
+    wavs1, wavs2 = load_audio(first)[None], load_audio(second)[None]
+    assert bool(model.verify_batch(wavs1, wavs2, threshold=float(model.verify_batch(wavs1, wavs2)[0]))[1])
+
+
+def test_long_files_are_embedded_in_chunks_of_bounded_length(exported, tmp_path, monkeypatch):
+    assert LAPSpeakerRecognition.from_hparams(source=str(exported)).hparams.max_chunk_seconds == 60
+    # The same rule with a bound the tiny test can afford: 0.5 s instead of 60 s.
+    model = LAPSpeakerRecognition.from_hparams(source=str(exported), overrides={"max_chunk_seconds": 0.5})
+    seen = []
+    forward = type(model.mods.embedding_model).forward
+
+    def spy(module, wavs, lengths=None):
+        seen.append(wavs.shape[-1])
+        return forward(module, wavs, lengths)
+
+    monkeypatch.setattr(type(model.mods.embedding_model), "forward", spy)
+    rng = np.random.default_rng(3)
+    sf.write(tmp_path / "long.wav", (rng.standard_normal(12000) * 0.1).astype(np.float32), 8000)
+    waveform = load_audio(tmp_path / "long.wav")
+    embedding = model.encode_file(tmp_path / "long.wav")
+    assert seen == [8000] * 3  # ceil(1.5 s / 0.5 s) = 3 equal chunks, one at a time
+    expected = torch.cat([model.encode_batch(chunk[None]) for chunk in chunk_waveform(waveform, 8000)])
+    torch.testing.assert_close(embedding, expected.mean(dim=0, keepdim=True))
+    seen.clear()
+    score, _ = model.verify_files(tmp_path / "long.wav", tmp_path / "long.wav")
+    assert max(seen) == 8000 and abs(float(score) - 1) < 1e-5
+
+
+def test_normalize_needs_a_stored_mean(trained, exported, tmp_path):
+    model = LAPSpeakerRecognition.from_hparams(source=str(exported))
+    wavs, lens = batch()
+    with pytest.raises(ValueError, match="stores no training-set mean embedding"):
+        model.encode_batch(wavs, lens, normalize=True)
+    with pytest.raises(ValueError, match="stores no training-set mean embedding"):
+        model.encode_waveform(torch.randn(16000), normalize=True)
+    encoder, classifier = trained
+    mean = [0.5] * 8
+    with_mean = write_training_output(tmp_path / "with_mean", encoder, classifier, embedding_mean=mean)
+    model = LAPSpeakerRecognition.from_hparams(source=str(with_mean / "model"))
+    raw = model.encode_batch(wavs, lens)
+    torch.testing.assert_close(model.encode_batch(wavs, lens, normalize=True), raw - torch.tensor(mean))
+
+
 def test_hub_id_loads_from_an_offline_cache_without_network(exported, tmp_path, monkeypatch):
     cache = tmp_path / "hf_cache"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / "models--lap-org--lap-wavlm-tiny"
-    shutil.copytree(exported, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    seed_hub_cache(cache, "lap-org/lap-wavlm-tiny", exported)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     def no_network(*args, **kwargs):
@@ -195,62 +263,6 @@ def test_hub_id_loads_from_an_offline_cache_without_network(exported, tmp_path, 
     assert (tmp_path / "pretrained" / "embedding_model.ckpt").exists()
 
 
-def test_model_card_has_metadata_results_and_a_snippet_that_runs(training_output, tmp_path, monkeypatch):
-    results = {"Vox1-O": {  # the scoring recipe's results.json
-        "cosine": {"eer": 0.0123, "eer_threshold": 0.41, "min_dcf_0.01": 0.11, "min_dcf_0.05": 0.07},
-        "asnorm": {"eer": 0.0101, "eer_threshold": 1.7, "min_dcf_0.01": 0.09, "min_dcf_0.05": 0.06}}}
-    (training_output / "results.json").write_text(json.dumps(results))
-    folder = export_training_output(training_output, tmp_path / "carded", repo_id="lap-org/lap-wavlm-tiny")
-    card = (folder / "README.md").read_text()
-    front = yaml.safe_load(card.split("---")[1])
-    assert front["library_name"] == "speechbrain"
-    metrics = front["model-index"][0]["results"][0]["metrics"]
-    assert {"type": "eer", "value": 1.23, "name": "EER (%), cosine"} in metrics
-    assert {"type": "min_dcf", "value": 0.07, "name": "minDCF (p=0.05), cosine"} in metrics
-    assert "| trials | scoring | EER (%) | minDCF 0.01 | minDCF 0.05 |" in card
-    assert "| Vox1-O | asnorm | 1.010 | 0.090 | 0.060 |" in card
-    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
-    assert '"lap-org/lap-wavlm-tiny"' in snippet
-    snippet = snippet.replace('"lap-org/lap-wavlm-tiny"', repr(str(folder)))
-    monkeypatch.chdir(tmp_path)
-    first, second = write_voices(tmp_path)
-    shutil.copy(second, tmp_path / "speaker2.wav")  # the snippet names two wav files
-    namespace = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)
-    assert namespace["embedding"].shape == (1, 1, 8)
-    assert isinstance(bool(namespace["same_speaker"]), bool)
-
-
-def test_export_refuses_a_non_empty_folder_unless_overwrite(training_output, tmp_path):
-    target = tmp_path / "taken"
-    target.mkdir()
-    (target / "notes.txt").write_text("mine")
-    with pytest.raises(ExportError, match="not empty"):
-        export_training_output(training_output, target)
-    assert (target / "notes.txt").exists()
-    export_training_output(training_output, target, overwrite=True)
-    assert not (target / "notes.txt").exists() and (target / "hyperparams.yaml").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
-
-
-def test_speed_perturbed_classes_get_labels(trained, tmp_path):
-    encoder, _ = trained
-    # The last stage trained with speed perturbation: 3 classes per speaker.
-    output = write_training_output(tmp_path / "speed", encoder, SubCenterClassifier(8, 3 * len(SPEAKERS)))
-    model = EncoderClassifier.from_hparams(source=str(export_training_output(output, tmp_path / "model")))
-    assert model.mods.classifier.num_subcenters == 3
-    labels = model.hparams.label_encoder
-    assert len(labels) == 15 and labels.ind2lab[0] == SPEAKERS[0]
-    assert labels.ind2lab[len(SPEAKERS) + 1] == f"{SPEAKERS[1]}@speed1"
-
-
-def test_incomplete_training_output_is_named(training_output, tmp_path):
-    (training_output / "save" / "model" / "classifier.ckpt").unlink()
-    with pytest.raises(ExportError, match="classifier.ckpt"):
-        export_training_output(training_output, tmp_path / "never")
-    assert not (tmp_path / "never").exists()
-
-
 def test_missing_label_encoder_fails_loudly(exported):
     (exported / "label_encoder.ckpt").unlink()
     with pytest.raises(FileNotFoundError, match="label_encoder"):
@@ -263,22 +275,69 @@ def test_checkpoints_are_weights_only_loadable(exported):
         assert all(isinstance(value, torch.Tensor) for value in state.values())
 
 
-def test_load_encoder_exports_a_training_output_folder(trained, training_output, tmp_path):
-    encoder, _ = trained
-    model = load_encoder(training_output, savedir=tmp_path / "cached_export")
-    assert isinstance(model, LAPSpeakerRecognition)
+def test_load_encoder_reads_a_training_output_folder_in_place(trained, training_output, tmp_path):
+    encoder, classifier = trained
+    before = snapshot(training_output)
+    model = load_encoder(training_output, savedir=tmp_path / "savedir")
+    assert isinstance(model, LAPSpeakerRecognition) and model.threshold == THRESHOLD
     wavs, lens = batch()
     with torch.no_grad():
         assert (model.encode_batch(wavs, lens) - encoder(wavs, lens)).abs().max() < 1e-5
-    # The second call reuses the export; newer training checkpoints are exported again.
-    exported_yaml = tmp_path / "cached_export" / "hyperparams.yaml"
-    stamp = exported_yaml.stat().st_mtime_ns
-    load_encoder(training_output, savedir=tmp_path / "cached_export")
-    assert exported_yaml.stat().st_mtime_ns == stamp
-    summary = training_output / "save" / "model" / "training_summary.json"
-    summary.write_text(json.dumps({"stage3": {"valid_threshold": 0.75}}))
-    os.utime(summary, ns=(stamp + 10**9, stamp + 10**9))
-    assert load_encoder(training_output, savedir=tmp_path / "cached_export").threshold == 0.75
+    # Nothing written: not into the run, not into savedir (it only serves hub ids).
+    assert snapshot(training_output) == before and not (tmp_path / "savedir").exists()
+    # A newer model in the run is what the next load gives (no cached copy to go stale).
+    export_model(training_output / "model", encoder.ssl_model.model.config.to_dict(), BACKEND,
+                 encoder.state_dict(), classifier.state_dict(), SPEAKERS, 0.75, overwrite=True)
+    assert load_encoder(training_output, savedir=tmp_path / "savedir").threshold == 0.75
+    # The model folder itself loads too.
+    assert load_encoder(training_output / "model").threshold == 0.75
+
+
+def test_savedir_never_replaces_a_training_output_folder(training_output, exported, tmp_path, monkeypatch):
+    before = snapshot(training_output)
+    load_encoder(training_output, savedir=training_output)  # issue 15.1: used to delete the run
+    load_encoder(exported, savedir=training_output)
+    assert snapshot(training_output) == before
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    seed_hub_cache(tmp_path / "hf_cache", "lap-org/tiny", exported)
+    with pytest.raises(ValueError, match=f"savedir {training_output} is not empty"):
+        load_encoder("lap-org/tiny", savedir=training_output)
+    assert snapshot(training_output) == before
+
+
+def test_a_reused_savedir_serves_the_model_asked_for(make_encoder, tiny_wavlm_large, tmp_path, monkeypatch):
+    runs = {}
+    for seed, name in enumerate(("run_a", "run_b")):
+        encoder = make_encoder(tiny_wavlm_large, **BACKEND)
+        randomize_(encoder, seed=seed)
+        runs[name] = write_training_output(tmp_path / name, encoder, SubCenterClassifier(8, len(SPEAKERS)))
+    wavs, lens = batch()
+    expected = {name: EncoderClassifier.from_hparams(source=str(run / "model")).encode_batch(wavs, lens)
+                for name, run in runs.items()}
+    assert (expected["run_a"] - expected["run_b"]).abs().max() > 1e-2
+    # Local runs: read in place, whatever savedir says.
+    for name, run in runs.items():
+        assert torch.equal(load_encoder(run, savedir=tmp_path / "shared").encode_batch(wavs, lens), expected[name])
+    # Hub ids: the savedir's links are renewed for each model.
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    for name, run in runs.items():
+        seed_hub_cache(cache, f"lap-org/{name}", run / "model")
+    for name in runs:
+        model = load_encoder(f"lap-org/{name}", savedir=tmp_path / "shared")
+        assert torch.equal(model.encode_batch(wavs, lens), expected[name]), name
+    assert (tmp_path / "shared" / SAVEDIR_MARKER).is_file()
+
+
+def test_load_encoder_names_what_is_missing(training_output, tmp_path):
+    shutil.rmtree(training_output / "model")  # a run that has not finished
+    with pytest.raises(FileNotFoundError, match="training output folder without model/"):
+        load_encoder(training_output)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither an exported model folder"):
+        load_encoder(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        load_encoder(tmp_path / "typo" / "run")
 
 
 def test_bad_audio_gives_errors_naming_the_file(tmp_path):
@@ -296,33 +355,13 @@ def test_bad_audio_gives_errors_naming_the_file(tmp_path):
     assert load_audio(tmp_path / "short8k.wav", min_samples=300).shape == (300,)
 
 
-def test_reference_checkpoint_export_computes_the_reference_formulation(tiny_wavlm_large, tmp_path):
-    from test_convert import reference_state
-    from test_lobes import reference_backend
-
-    frontend = WavLMModel.from_pretrained(tiny_wavlm_large).eval()
-    layers = frontend.config.num_hidden_layers + 1
-    state = reference_state(frontend.state_dict(), L=layers, D=32, h=4, H=16, E=8, classes=7, K=3)
-    state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
-    torch.save(state, tmp_path / "model.state")
-    folder = export_reference(tmp_path / "model.state", tiny_wavlm_large, tmp_path / "from_reference",
-                              threshold=0.5)
-    model = LAPSpeakerRecognition.from_hparams(source=str(folder))
-    assert model.threshold == 0.5
-    wavs, lens = batch(seed=3)
-    embeddings = model.encode_batch(wavs, lens).squeeze(1)
-    # The reference: raw waveform -> all WavLM hidden states -> LAP + ASTP, one utterance at a time.
-    expected = []
-    with torch.no_grad():
-        for row, length in enumerate((lens * wavs.shape[1]).round().long().tolist()):
-            hidden = frontend(wavs[row : row + 1, :length], output_hidden_states=True).hidden_states
-            hidden = torch.stack(hidden).double()
-            expected.append(reference_backend(state_double(state), hidden, [hidden.shape[2]])[0])
-    torch.testing.assert_close(embeddings.double(), torch.stack(expected), rtol=1e-4, atol=1e-4)
-    # The random BatchNorm statistics of the checkpoint shrink the input's effect, but
-    # different utterances still differ by far more than the tolerance above.
-    assert (embeddings[0] - embeddings[1:]).abs().amax(dim=1).min() > 100 * 1e-4
-
-
-def state_double(state):
-    return {key: value.double() if value.is_floating_point() else value for key, value in state.items()}
+def test_implausible_header_sample_rates_are_refused(tmp_path):
+    # Issue 15.7: a 2 KB wav claiming 1 Hz became 1000 s of audio (20 GB in the model).
+    sf.write(tmp_path / "one_hz.wav", np.zeros(1000, dtype=np.int16), 1)
+    with pytest.raises(AudioError, match=r"one_hz\.wav: sample rate 1 Hz in its header"):
+        load_audio(tmp_path / "one_hz.wav")
+    sf.write(tmp_path / "odd.wav", np.zeros(44101, dtype=np.int16), 44101)
+    with pytest.raises(AudioError, match=r"odd\.wav: resampling its unusual sample rate 44101 Hz"):
+        load_audio(tmp_path / "odd.wav")
+    sf.write(tmp_path / "cd.wav", np.zeros(44100, dtype=np.int16), 44100)
+    assert load_audio(tmp_path / "cd.wav").shape == (16000,)

@@ -256,6 +256,7 @@ def test_recipe_with_an_exported_model(corpus, encoder, tmp_path):
         embedding_state=encoder.state_dict(),
         classifier_state=SubCenterClassifier(8, 2).state_dict(),
         labels=["id04", "id05"],
+        threshold=None,
     )
     recipe = load_recipe()
     output = tmp_path / "out"

@@ -1,5 +1,9 @@
 """The model card (``README.md``) of an exported model: Hub metadata, description, results, usage.
 
+The metadata block is ``huggingface_hub``'s ``ModelCardData`` with one
+``EvalResult`` per trial list, scoring condition and metric, so the Hub shows
+the results in its evaluation widget.
+
 Authors
  * lap-speechbrain contributors 2026
 """
@@ -8,10 +12,12 @@ import json
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 PAPER = "https://arxiv.org/abs/2512.22148"
 SSL_NAMES = {"wavlm": "WavLM", "hubert": "HuBERT", "wav2vec2": "wav2vec 2.0"}
+TAGS = ["speechbrain", "speaker-verification", "speaker-recognition", "embeddings", "wavlm",
+        "layer-attentive-pooling", "pytorch", "audio"]
 
 
 def model_card(
@@ -20,28 +26,52 @@ def model_card(
     results: Optional[Mapping[str, Any]],
     training_summary: Optional[Mapping[str, Any]],
     origin: str,
-    calibrated: bool,
+    threshold_note: str,
     license: str,
     datasets: Sequence[str],
 ) -> str:
-    """The exported folder's ``README.md``: Hub metadata, description, results, usage."""
+    """The exported folder's ``README.md``: Hub metadata, description, results, usage.
+
+    Arguments
+    ---------
+    values : mapping
+        The filled values of the exported ``hyperparams.yaml`` (``ssl_config``,
+        ``embedding_dim``, ``verification_threshold``, ...).
+    source : str
+        Hub id or folder the usage code loads.
+    results : mapping or None
+        ``{trial list: {condition: {metric: value}}}`` as
+        :func:`lap_speechbrain.scoring.report.read_results` returns it.
+    training_summary : mapping or None
+        The training recipe's per-stage summary.
+    origin : str
+        Where the weights come from (one sentence fragment).
+    threshold_note : str
+        How ``verification_threshold`` was chosen.
+    license : str
+        Hub license identifier.
+    datasets : sequence of str
+        Hub dataset identifiers (may be empty).
+
+    Returns
+    -------
+    str
+        The card: YAML front matter and markdown.
+    """
     ssl = values["ssl_config"]
     ssl_name = SSL_NAMES.get(ssl.get("model_type"), ssl.get("model_type", "SSL"))
     name = source.rstrip("/").split("/")[-1]
-    front = {
-        "library_name": "speechbrain",
-        "license": license,
-        "language": ["en"],
-        "tags": ["speechbrain", "speaker-verification", "speaker-recognition", "embeddings",
-                 "wavlm", "layer-attentive-pooling", "pytorch", "audio"],
-        "datasets": list(datasets),
-        "pipeline_tag": "audio-classification",
-    }
-    if results:
-        dataset_type = datasets[0] if datasets else "custom"
-        front["model-index"] = [{"name": name, "results": _index_results(results, dataset_type)}]
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
-    lines += [
+    data = ModelCardData(
+        language=["en"],
+        license=license,
+        library_name="speechbrain",
+        tags=TAGS,
+        datasets=list(datasets) or None,
+        pipeline_tag="audio-classification",
+        model_name=name if results else None,
+        eval_results=eval_results(results, datasets[0] if datasets else "custom") if results else None,
+    )
+    lines = [
         f"# {name}: speaker embeddings with Layer Attentive Pooling over {ssl_name}",
         "",
         "Speaker verification and identification model: all hidden states of a "
@@ -60,8 +90,8 @@ def model_card(
         f"| LAP | {values['num_heads']} heads, {values['lap_channels']} channels, {values['layer_pooling']} over layers |",
         f"| embedding | {values['embedding_dim']} dims |",
         f"| classifier | {values['num_classes']} classes x {values['num_subcenters']} sub-centres |",
-        f"| verification threshold | {values['verification_threshold']:.4f} "
-        f"({'calibrated: EER threshold on the validation trials' if calibrated else 'not calibrated: SpeechBrain default'}) |",
+        f"| verification threshold | {values['verification_threshold']:.4f} ({threshold_note}); "
+        "same speaker when cosine >= threshold |",
         f"| training-set mean embedding | {'stored (applied by encode_batch(normalize=True))' if values['embedding_mean'] else 'not stored'} |",
         "",
     ]
@@ -90,10 +120,11 @@ def model_card(
         usage_snippet(source),
         "```",
         "",
-        "`LAPSpeakerRecognition` decides with the calibrated threshold stored in `hyperparams.yaml`. "
-        "Plain `speechbrain.inference.speaker.SpeakerRecognition` also loads this model, but its "
-        "`verify_files` decides with its fixed default threshold 0.25; with it, call "
-        "`verify_batch(a, b, threshold=model.hparams.verification_threshold)`.",
+        "`LAPSpeakerRecognition` decides with the threshold stored in `hyperparams.yaml` (same speaker when "
+        "the cosine is >= the threshold). Plain `speechbrain.inference.speaker.SpeakerRecognition` also "
+        "loads this model, but its `verify_files` decides with its fixed default threshold 0.25 (and "
+        "`score > threshold`). `classify_batch` returns cosine similarities to the training speakers in "
+        "`out_prob`, not log posteriors.",
         "",
         "## Security",
         "",
@@ -101,7 +132,7 @@ def model_card(
         "repositories you trust. The checkpoints are read with `torch.load(weights_only=True)`.",
         "",
     ]
-    return "\n".join(lines)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def usage_snippet(source: str) -> str:
@@ -120,46 +151,45 @@ embedding = encoder.encode_batch(waveform.unsqueeze(0))  # (1, 1, embedding_dim)
 print(embedding.shape)'''
 
 
-def _metrics(metrics: Mapping[str, Any]) -> Tuple[Optional[float], Dict[float, float]]:
-    """EER and minDCF per prior from a results entry.
-
-    Reads the keys of ``lap_speechbrain.scoring`` (``eer``, ``min_dcf_0.01``)
-    and the spelling ``EER`` / ``minDCF@0.01``; other keys (thresholds) are
-    not metrics of the card.
+def eval_results(results: Mapping[str, Any], dataset_type: str) -> List[EvalResult]:
+    """The Hub's evaluation entries: per trial list, scoring condition and metric.
 
     Example
     -------
-    >>> _metrics({"eer": 0.01, "eer_threshold": 0.3, "min_dcf_0.01": 0.1, "minDCF@0.05": 0.05})
-    (0.01, {0.01: 0.1, 0.05: 0.05})
+    >>> [(r.dataset_name, r.metric_type, r.metric_value) for r in eval_results(
+    ...     {"O": {"cosine": {"eer": 0.0123, "eer_threshold": 0.4, "min_dcf_0.01": 0.1}}}, "voxceleb")]
+    [('O', 'eer', 1.23), ('O', 'min_dcf', 0.1)]
     """
-    eer, dcfs = None, {}
-    for key, value in metrics.items():
-        prior = re.fullmatch(r"(?:min_dcf_|minDCF@)([0-9.eE-]+)", key)
-        if key.lower() == "eer":
-            eer = float(value)
-        elif prior:
-            dcfs[float(prior.group(1))] = float(value)
-    return eer, dcfs
-
-
-def _index_results(results: Mapping[str, Any], dataset_type: str) -> List[dict]:
-    """model-index entries: one per trial list, its metrics per scoring condition."""
     entries = []
     for trials, conditions in results.items():
-        metrics = []
         for condition, values in conditions.items():
             eer, dcfs = _metrics(values)
-            if eer is not None:
-                metrics.append({"type": "eer", "value": round(eer * 100, 4), "name": f"EER (%), {condition}"})
-            for prior, dcf in sorted(dcfs.items()):
-                metrics.append({"type": "min_dcf", "value": round(dcf, 4),
-                                "name": f"minDCF (p={prior:g}), {condition}"})
-        entries.append({
-            "task": {"type": "speaker-verification", "name": "Speaker Verification"},
-            "dataset": {"name": trials, "type": dataset_type},
-            "metrics": metrics,
-        })
+            metrics = [] if eer is None else [("eer", round(eer * 100, 4), f"EER (%), {condition}")]
+            metrics += [("min_dcf", round(dcf, 4), f"minDCF (p={prior:g}), {condition}")
+                        for prior, dcf in sorted(dcfs.items())]
+            entries += [
+                EvalResult(task_type="speaker-verification", task_name="Speaker Verification",
+                           dataset_type=dataset_type, dataset_name=trials, metric_type=kind,
+                           metric_value=value, metric_name=label)
+                for kind, value, label in metrics
+            ]
     return entries
+
+
+def _metrics(metrics: Mapping[str, Any]) -> Tuple[Optional[float], Dict[float, float]]:
+    """EER and minDCF per prior of a results entry (``eer``, ``min_dcf_<p>`` keys of the scoring report).
+
+    Example
+    -------
+    >>> _metrics({"eer": 0.01, "eer_threshold": 0.3, "min_dcf_0.01": 0.1, "min_dcf_0.05": 0.05})
+    (0.01, {0.01: 0.1, 0.05: 0.05})
+    """
+    eer, dcfs = metrics.get("eer"), {}
+    for key, value in metrics.items():
+        prior = re.fullmatch(r"min_dcf_([0-9.eE-]+)", key)
+        if prior:
+            dcfs[float(prior.group(1))] = float(value)
+    return None if eer is None else float(eer), dcfs
 
 
 def _format(value: Optional[float], scale: float = 1) -> str:

@@ -1,5 +1,11 @@
 """Upload of an exported model folder to the Hugging Face Hub.
 
+Only the export's own files are uploaded: the names listed in its
+``lap_export.json`` marker, each a plain file name of a regular file (not a
+link). Anything else in the folder (``.env``, ``.git/``, notes, links to other
+places) stays on the machine. The marker itself, which records local paths,
+is not uploaded either.
+
 Authors
  * lap-speechbrain contributors 2026
 """
@@ -7,13 +13,15 @@ Authors
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from lap_speechbrain.export.folder import EXPORT_MARKER, read_marker
 
 REQUIRED_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "README.md")
 
 
 def exported_files(folder: Union[str, Path]) -> List[Tuple[str, int]]:
-    """The files of an exported folder with their sizes, checking it is one.
+    """The files of an exported folder that an upload sends, with their sizes.
 
     Arguments
     ---------
@@ -23,19 +31,29 @@ def exported_files(folder: Union[str, Path]) -> List[Tuple[str, int]]:
     Returns
     -------
     list of (str, int)
-        Relative posix path and size in bytes, sorted by path.
+        File name and size in bytes, sorted by name.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder or one of its listed files is missing.
+    ValueError
+        The folder is not an export, or a listed file is a link or not a regular file.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    marker = read_marker(folder)
+    if marker is None:
+        raise ValueError(f"{folder} is not an exported model folder: it has no valid {EXPORT_MARKER}")
+    names = sorted(marker["files"])
+    missing = [name for name in set(REQUIRED_FILES) | set(names) if not (folder / name).exists()]
     if missing:
-        raise ValueError(f"{folder} is not an exported model folder: it lacks {missing}")
-    return sorted(
-        (path.relative_to(folder).as_posix(), path.stat().st_size)
-        for path in folder.rglob("*")
-        if path.is_file()
-    )
+        raise FileNotFoundError(f"{folder} is not a complete exported model folder: it lacks {sorted(missing)}")
+    odd = [name for name in names if (folder / name).is_symlink() or not (folder / name).is_file()]
+    if odd:
+        raise ValueError(f"{folder}: {odd} are links or not regular files; export the model again")
+    return [(name, (folder / name).stat().st_size) for name in names]
 
 
 def push_to_hub(
@@ -46,7 +64,7 @@ def push_to_hub(
     dry_run: bool = False,
     api: Optional[HfApi] = None,
 ) -> List[Tuple[str, int]]:
-    """Creates ``repo_id`` if needed and uploads the exported ``folder``.
+    """Creates ``repo_id`` if needed and uploads the exported ``folder``'s own files.
 
     The token comes from ``huggingface-cli login`` or ``HF_TOKEN``, as for
     any ``huggingface_hub`` call; it is never read, printed or written here.
@@ -82,7 +100,8 @@ def push_to_hub(
         return files
     api = api or HfApi()
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
-    )
+    # An explicit list of files, not upload_folder: nothing but these leaves the machine.
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(Path(folder) / name))
+                  for name, _ in files]
+    api.create_commit(repo_id, operations, commit_message=commit_message, repo_type="model")
     return files

@@ -1,9 +1,9 @@
-"""Inference with exported models, export for the Hugging Face Hub, LAP attention plots.
+"""Loading exported models: audio reading, the model's modules, LAPSpeakerRecognition, attention plots.
 
-``load_encoder`` loads an exported folder, a hub id or a training output
-folder; ``LAPSpeakerRecognition`` is SpeechBrain's ``SpeakerRecognition``
-deciding with the threshold calibrated at export. The export, Hub upload and
-plotting live in :mod:`.export`, :mod:`.hub` and :mod:`.plots`.
+``load_encoder`` loads an exported folder, a training output folder (its
+``model/``) or a hub id; ``LAPSpeakerRecognition`` is SpeechBrain's
+``SpeakerRecognition`` deciding with the threshold stored at export. Writing
+exported folders is :mod:`lap_speechbrain.export`'s job.
 """
 
 from lap_speechbrain.inference.audio import AudioError, load_audio

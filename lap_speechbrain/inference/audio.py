@@ -4,6 +4,7 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import math
 from pathlib import Path
 from typing import Union
 
@@ -15,6 +16,12 @@ import torchaudio.functional
 # The CNN front end of WavLM / wav2vec 2.0 / HuBERT sees 400 samples (25 ms at
 # 16 kHz) per output frame: shorter input yields no frame at all.
 SSL_RECEPTIVE_FIELD = 400
+# Sample rates accepted in a file's header: below 8 kHz no speech band is left,
+# and a bogus rate (a 2 KB file claiming 1 Hz) would turn into hours of audio.
+SAMPLE_RATE_RANGE = (8000, 384000)
+# torchaudio's sinc resampler builds a (new, orig + taps) kernel of the rates
+# divided by their gcd: 16000 <-> 44101 Hz would take 2.8 GB; refuse above 64 MB.
+MAX_RESAMPLING_KERNEL = 1 << 24
 
 
 class AudioError(ValueError):
@@ -51,7 +58,8 @@ def load_audio(
     Raises
     ------
     AudioError
-        Naming the file and the reason: missing, unreadable, or too short.
+        Naming the file and the reason: missing, unreadable, a sample rate out
+        of ``SAMPLE_RATE_RANGE`` or too costly to resample, or too short.
 
     Example
     -------
@@ -65,6 +73,7 @@ def load_audio(
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
     try:
+        check_sample_rate(sf.info(str(path)).samplerate, target_sample_rate, path)
         samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioError(f"{path}: cannot be read as audio ({error})") from error
@@ -78,3 +87,42 @@ def load_audio(
             f"{min_samples} samples ({min_samples / target_sample_rate:.3f} s)"
         )
     return waveform
+
+
+def check_sample_rate(sample_rate: int, target_sample_rate: int, path: Union[str, Path]) -> None:
+    """Refuses a header sample rate that is implausible or too costly to resample.
+
+    Arguments
+    ---------
+    sample_rate : int
+        The rate in the file's header.
+    target_sample_rate : int
+        The rate it is resampled to.
+    path : str or Path
+        The file, for the message.
+
+    Raises
+    ------
+    AudioError
+        Naming the file and its rate.
+
+    Example
+    -------
+    >>> check_sample_rate(44100, 16000, "a.wav")
+    >>> check_sample_rate(1, 16000, "bad.wav")
+    Traceback (most recent call last):
+    ...
+    lap_speechbrain.inference.audio.AudioError: bad.wav: sample rate 1 Hz in its header; expected 8000 to 384000 Hz
+    """
+    low, high = SAMPLE_RATE_RANGE
+    if not low <= sample_rate <= high:
+        raise AudioError(f"{path}: sample rate {sample_rate} Hz in its header; expected {low} to {high} Hz")
+    divisor = math.gcd(sample_rate, target_sample_rate)
+    orig, new = sample_rate // divisor, target_sample_rate // divisor
+    taps = 2 * math.ceil(6 * orig / (0.99 * min(orig, new)))  # torchaudio's default filter width
+    if new * (orig + taps) > MAX_RESAMPLING_KERNEL:
+        raise AudioError(
+            f"{path}: resampling its unusual sample rate {sample_rate} Hz to {target_sample_rate} Hz "
+            f"would need a {4 * new * (orig + taps) / 1e9:.1f} GB filter; convert it to a common rate "
+            f"first (e.g. sox in.wav -r {target_sample_rate} out.wav)"
+        )

@@ -1,0 +1,478 @@
+"""Tests of lap_speechbrain.export: exported folders, their guard and marker, model cards, Hub upload,
+and the import of reference-layout checkpoints.
+
+Reference checkpoints are built here from the layout in docs/lap_spec.md
+section 7 with random tensors; the converted backend is compared with the
+spec-level implementation in test_lobes.py. Training output folders are built
+as training writes them (test_inference.write_training_output).
+"""
+
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_WAVLM
+from huggingface_hub import ModelCard
+from speechbrain.inference.speaker import EncoderClassifier
+from test_inference import (  # noqa: F401 (fixtures)
+    BACKEND,
+    SPEAKERS,
+    THRESHOLD,
+    batch,
+    exported,
+    snapshot,
+    trained,
+    training_output,
+    write_training_output,
+    write_voices,
+)
+from test_lobes import reference_backend, single_thread, to_reference_layout  # noqa: F401 (fixture)
+from transformers import WavLMConfig, WavLMModel
+
+from lap_speechbrain.export.folder import (
+    EXPORT_MARKER,
+    ExportError,
+    export_model,
+    export_reference,
+    export_training_output,
+    read_marker,
+)
+from lap_speechbrain.export.hub import push_to_hub
+from lap_speechbrain.export.reference import (
+    BACKEND_ARGUMENTS,
+    ReferenceCheckpointError,
+    from_reference,
+)
+from lap_speechbrain.inference import LAPSpeakerRecognition
+from lap_speechbrain.lobes import LAPSpeakerBackend
+from lap_speechbrain.nnet import SubCenterClassifier
+
+# L 5 (r 2), D 32, h 4, H 16 (attention 8), E 8, 7 classes, K 3
+SIZES = dict(L=5, D=32, h=4, H=16, E=8, classes=7, K=3)
+
+
+def wavlm_config(layers=SIZES["L"] - 1):
+    return WavLMConfig(**{**TINY_WAVLM, "num_hidden_layers": layers})
+
+
+@pytest.fixture(scope="module")
+def frontend_state():
+    torch.manual_seed(0)
+    return WavLMModel(wavlm_config()).state_dict()
+
+
+def reference_state(frontend, seed=0, L=5, D=32, h=4, H=16, E=8, classes=7, K=3):
+    """A reference ``model.state``: every key and shape of docs/lap_spec.md section 7."""
+    generator = torch.Generator().manual_seed(seed)
+    r, A = L // 2, H // 2
+
+    def rand(*shape, scale=None):
+        scale = scale if scale is not None else (shape[1] if len(shape) > 1 else 25) ** -0.5
+        return scale * torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    def batch_norm(prefix, size):
+        return {
+            prefix + ".weight": 1 + rand(size, scale=0.2),
+            prefix + ".bias": rand(size, scale=0.2),
+            prefix + ".running_mean": rand(size, scale=0.5),
+            prefix + ".running_var": 0.5 + rand(size, scale=1.0).abs(),
+            prefix + ".num_batches_tracked": torch.tensor(1234),
+        }
+
+    lap, spk = "backend.layer_aggregation.", "backend.speaker_network."
+    state = {"frontend." + key: value.clone() for key, value in frontend.items()}
+    state.update(batch_norm(lap + "in_norm", D))
+    state[lap + "in_weight.weight"] = rand(D, D, 1, 1)
+    state[lap + "in_weight.bias"] = rand(D, scale=0.2)
+    state[lap + "sq_weight"] = rand(h, L, r, scale=0.5)
+    state[lap + "sq_bias"] = rand(h, 1, r, scale=0.2)
+    state[lap + "ex_weight"] = rand(h, r, L, scale=0.5)
+    state[lap + "ex_bias"] = rand(h, 1, L, scale=0.2)
+    state[lap + "out_weight.weight"] = rand(H, D, 1)
+    state[lap + "out_weight.bias"] = rand(H, scale=0.2)
+    state.update(batch_norm(lap + "out_norm", H))
+    state[spk + "t_pool.attention.0.weight"] = rand(A, 3 * H, 1)
+    state[spk + "t_pool.attention.0.bias"] = rand(A, scale=0.2)
+    state.update(batch_norm(spk + "t_pool.attention.2", A))
+    state[spk + "t_pool.attention.3.weight"] = rand(H, A, 1)
+    state[spk + "t_pool.attention.3.bias"] = rand(H, scale=0.2)
+    state.update(batch_norm(spk + "t_pool.norm", 2 * H))
+    state[spk + "emb_weight.weight"] = rand(E, 2 * H)
+    state[spk + "emb_weight.bias"] = rand(E, scale=0.2)
+    state.update(batch_norm(spk + "emb_norm", E))
+    state["aam_softmax.weight"] = rand(K, E, classes, scale=1.0)
+    return state
+
+
+@pytest.mark.parametrize("source", ["dict", "ddp", "file"])
+def test_round_trip_computes_the_reference_function(source, frontend_state, tmp_path):
+    state = reference_state(frontend_state)
+    if source == "ddp":
+        given = {"module." + key: value for key, value in state.items()}
+    elif source == "file":
+        given = tmp_path / "model.state"
+        torch.save(state, given)
+    else:
+        given = state
+    converted = from_reference(given)
+    config = converted["config"]
+    assert config == dict(num_layers=5, input_size=32, num_heads=4, squeeze_size=2, lap_channels=16,
+                          attention_channels=8, embedding_dim=8, num_classes=7, num_subcenters=3)
+
+    backend = LAPSpeakerBackend(**{key: config[key] for key in BACKEND_ARGUMENTS}).double()
+    backend.load_state_dict(converted["backend"], strict=True)
+    backend.eval()
+    # Same tensors back in the reference layout ...
+    backend_keys = [key for key in state if key.startswith("backend.")]
+    round_trip = to_reference_layout(backend)
+    assert sorted(round_trip) == sorted(backend_keys)
+    for key in backend_keys:
+        assert torch.equal(round_trip[key], state[key]), key
+    # ... and the same function as the spec-level implementation.
+    generator = torch.Generator().manual_seed(5)
+    hidden_states = torch.randn(5, 3, 24, 32, generator=generator, dtype=torch.float64)
+    frames = [24, 17, 8]
+    with torch.no_grad():
+        ours = backend(hidden_states, torch.tensor(frames, dtype=torch.float64) / 24).squeeze(1)
+    expected = reference_backend(state, hidden_states, frames)
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
+
+    frontend = WavLMModel(wavlm_config())
+    frontend.load_state_dict(converted["frontend"], strict=True)
+
+    classifier = SubCenterClassifier(8, 7, 3).double()
+    classifier.load_state_dict(converted["classifier"], strict=True)
+    embeddings = torch.randn(4, 1, 8, generator=generator, dtype=torch.float64)
+    weight = state["aam_softmax.weight"]  # (K, E, classes)
+    expected = torch.stack(
+        [
+            torch.stack([F.cosine_similarity(embeddings[:, 0], weight[k, :, c][None], dim=1)
+                         for k in range(3)]).amax(dim=0)
+            for c in range(7)
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(classifier(embeddings).squeeze(1), expected.float())
+
+
+def test_legacy_weight_norm_names_are_renamed(frontend_state):
+    state = reference_state(frontend_state)
+    for new, old in (("parametrizations.weight.original0", "weight_g"),
+                     ("parametrizations.weight.original1", "weight_v")):
+        state["frontend.encoder.pos_conv_embed.conv." + old] = state.pop(
+            "frontend.encoder.pos_conv_embed.conv." + new
+        )
+    WavLMModel(wavlm_config()).load_state_dict(from_reference(state)["frontend"], strict=True)
+
+
+def test_single_head_checkpoint_has_no_input_projection(frontend_state):
+    state = reference_state(frontend_state, h=1)
+    del state["backend.layer_aggregation.in_weight.weight"]
+    del state["backend.layer_aggregation.in_weight.bias"]
+    converted = from_reference(state)
+    config = converted["config"]
+    backend = LAPSpeakerBackend(**{key: config[key] for key in BACKEND_ARGUMENTS})
+    backend.load_state_dict(converted["backend"], strict=True)
+
+
+def test_unknown_and_missing_keys_are_listed(frontend_state):
+    state = reference_state(frontend_state)
+    state["backend.layer_aggregation.extra_gate"] = torch.zeros(3)
+    del state["backend.speaker_network.emb_norm.running_var"]
+    with pytest.raises(ReferenceCheckpointError) as error:
+        from_reference(state)
+    message = str(error.value)
+    assert "missing keys: ['backend.speaker_network.emb_norm.running_var']" in message
+    assert "unknown keys: ['backend.layer_aggregation.extra_gate']" in message
+
+
+def test_missing_size_key_is_listed(frontend_state):
+    state = reference_state(frontend_state)
+    del state["backend.layer_aggregation.sq_weight"]
+    with pytest.raises(ReferenceCheckpointError, match="backend.layer_aggregation.sq_weight"):
+        from_reference(state)
+    without_frontend = {k: v for k, v in reference_state(frontend_state).items() if not k.startswith("frontend.")}
+    with pytest.raises(ReferenceCheckpointError, match=r"frontend\.\*"):
+        from_reference(without_frontend)
+
+
+def test_inconsistent_checkpoints_are_rejected(frontend_state, tmp_path):
+    state = reference_state(frontend_state)
+    state["backend.layer_aggregation.ex_bias"] = torch.zeros(4, 1, 6)
+    with pytest.raises(ReferenceCheckpointError, match=r"ex_bias \(4, 1, 6\) \(expected \(4, 1, 5\)\)"):
+        from_reference(state)
+    torch.manual_seed(0)
+    deeper = WavLMModel(wavlm_config(layers=5)).state_dict()
+    with pytest.raises(ReferenceCheckpointError, match="L=5"):
+        from_reference(reference_state(deeper))
+    with pytest.raises(FileNotFoundError, match="nothing.state"):
+        from_reference(tmp_path / "nothing.state")
+    torch.save({"model": reference_state(frontend_state)}, tmp_path / "nested.state")
+    with pytest.raises(ReferenceCheckpointError, match="not a flat state dict"):
+        from_reference(tmp_path / "nested.state")
+
+
+def test_reference_checkpoint_export_computes_the_reference_formulation(tiny_wavlm_large, tmp_path):
+    frontend = WavLMModel.from_pretrained(tiny_wavlm_large).eval()
+    layers = frontend.config.num_hidden_layers + 1
+    state = reference_state(frontend.state_dict(), L=layers, D=32, h=4, H=16, E=8, classes=7, K=3)
+    state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+    torch.save(state, tmp_path / "model.state")
+    folder = export_reference(tmp_path / "model.state", tiny_wavlm_large, tmp_path / "from_reference",
+                              threshold=0.5)
+    model = LAPSpeakerRecognition.from_hparams(source=str(folder))
+    assert model.threshold == 0.5
+    assert read_marker(folder)["source"]["path"] == str((tmp_path / "model.state").resolve())
+    wavs, lens = batch(seed=3)
+    embeddings = model.encode_batch(wavs, lens).squeeze(1)
+    # The reference: raw waveform -> all WavLM hidden states -> LAP + ASTP, one utterance at a time.
+    expected = []
+    with torch.no_grad():
+        for row, length in enumerate((lens * wavs.shape[1]).round().long().tolist()):
+            hidden = frontend(wavs[row : row + 1, :length], output_hidden_states=True).hidden_states
+            hidden = torch.stack(hidden).double()
+            expected.append(reference_backend(state_double(state), hidden, [hidden.shape[2]])[0])
+    torch.testing.assert_close(embeddings.double(), torch.stack(expected), rtol=1e-4, atol=1e-4)
+    # The random BatchNorm statistics of the checkpoint shrink the input's effect, but
+    # different utterances still differ by far more than the tolerance above.
+    assert (embeddings[0] - embeddings[1:]).abs().amax(dim=1).min() > 100 * 1e-4
+
+
+def state_double(state):
+    return {key: value.double() if value.is_floating_point() else value for key, value in state.items()}
+
+
+def test_training_output_copy_keeps_the_model_and_threshold(training_output, tmp_path):
+    source = training_output / "model"
+    # Issue 15.5: the threshold lives in the model folder, not in training_summary.json.
+    (source / "training_summary.json").unlink()
+    marker = json.loads((source / EXPORT_MARKER).read_text())
+    del marker["files"]["training_summary.json"]
+    (source / EXPORT_MARKER).write_text(json.dumps(marker))
+    copy = export_training_output(training_output, tmp_path / "copy")
+    assert LAPSpeakerRecognition.from_hparams(source=str(copy)).threshold == THRESHOLD
+    for name in ("embedding_model.ckpt", "classifier.ckpt", "label_encoder.ckpt", "hyperparams.yaml"):
+        assert (copy / name).read_bytes() == (source / name).read_bytes(), name
+    copied = read_marker(copy)
+    assert copied["source"]["path"] == str(source.resolve())
+    assert copied["source"]["fingerprint"] == copied["fingerprint"]  # same model files
+    assert copied["card"]["datasets"] == ["voxceleb"]  # the run's card settings are kept
+    # The model folder itself is accepted too, and --threshold replaces the stored one.
+    again = export_training_output(source, tmp_path / "again", threshold=0.5)
+    assert LAPSpeakerRecognition.from_hparams(source=str(again)).threshold == 0.5
+    assert "0.5000 (set at export)" in (again / "README.md").read_text()
+    assert read_marker(again)["fingerprint"] != copied["fingerprint"]
+
+
+def test_export_model_requires_a_threshold():
+    assert inspect.signature(export_model).parameters["threshold"].default is inspect.Parameter.empty
+
+
+def test_speed_perturbed_classes_get_their_labels(trained, tmp_path):
+    encoder, _ = trained
+    # The last stage trained with speed perturbation: 3 classes per speaker.
+    output = write_training_output(tmp_path / "speed", encoder, SubCenterClassifier(8, 3 * len(SPEAKERS)))
+    model = EncoderClassifier.from_hparams(source=str(output / "model"))
+    assert model.mods.classifier.num_subcenters == 3
+    labels = model.hparams.label_encoder
+    assert len(labels) == 15 and labels.ind2lab[0] == SPEAKERS[0]
+    assert labels.ind2lab[len(SPEAKERS) + 1] == f"{SPEAKERS[1]}@speed1"
+
+
+def test_model_card_has_metadata_results_and_a_snippet_that_runs(training_output, tmp_path, monkeypatch):
+    results = {"Vox1-O": {  # the scoring recipe's results.json
+        "cosine": {"eer": 0.0123, "eer_threshold": 0.41, "min_dcf_0.01": 0.11, "min_dcf_0.05": 0.07},
+        "asnorm": {"eer": 0.0101, "eer_threshold": 1.7, "min_dcf_0.01": 0.09, "min_dcf_0.05": 0.06}}}
+    (training_output / "evaluation").mkdir()
+    (training_output / "evaluation" / "results.json").write_text(json.dumps(results))
+    (training_output / "results.json").write_text(json.dumps({"other": {"cosine": {"eer": 0.5}}}))
+    folder = export_training_output(training_output, tmp_path / "carded", repo_id="lap-org/lap-wavlm-tiny")
+    card = (folder / "README.md").read_text()
+    data = ModelCard.load(folder / "README.md").data
+    assert data.library_name == "speechbrain" and data.datasets == ["voxceleb"]
+    found = {(r.dataset_name, r.metric_type, r.metric_name, r.metric_value) for r in data.eval_results}
+    assert ("Vox1-O", "eer", "EER (%), cosine", 1.23) in found
+    assert ("Vox1-O", "min_dcf", "minDCF (p=0.05), cosine", 0.07) in found
+    assert not any(name == "other" for name, *_ in found)  # evaluation/results.json comes first
+    assert "| trials | scoring | EER (%) | minDCF 0.01 | minDCF 0.05 |" in card
+    assert "| Vox1-O | asnorm | 1.010 | 0.090 | 0.060 |" in card
+    assert '"valid_threshold": 0.3125' in card  # the training summary
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert '"lap-org/lap-wavlm-tiny"' in snippet
+    snippet = snippet.replace('"lap-org/lap-wavlm-tiny"', repr(str(folder)))
+    monkeypatch.chdir(tmp_path)
+    first, second = write_voices(tmp_path)
+    shutil.copy(second, tmp_path / "speaker2.wav")  # the snippet names two wav files
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["embedding"].shape == (1, 1, 8)
+    assert isinstance(bool(namespace["same_speaker"]), bool)
+    # Without any results.json the card has no results; without a stored threshold it says so.
+    (training_output / "evaluation" / "results.json").unlink()
+    (training_output / "results.json").unlink()
+    plain = export_training_output(training_output, tmp_path / "plain")
+    assert ModelCard.load(plain / "README.md").data.eval_results is None
+
+
+def test_export_refuses_a_non_empty_folder_unless_it_is_an_earlier_export(training_output, tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty"):
+        export_training_output(training_output, target)
+    with pytest.raises(ExportError, match=f"{target} is not empty and is not an earlier export"):
+        export_training_output(training_output, target, overwrite=True)
+    assert (target / "notes.txt").read_text() == "mine"
+    # A marker that is not a valid one does not count.
+    (target / EXPORT_MARKER).write_text("{}")
+    with pytest.raises(ExportError, match="not an earlier export"):
+        export_training_output(training_output, target, overwrite=True)
+    # An earlier export is replaced.
+    export_training_output(training_output, tmp_path / "earlier")
+    (tmp_path / "earlier" / "stale.txt").write_text("left by hand")
+    export_training_output(training_output, tmp_path / "earlier", overwrite=True)
+    assert not (tmp_path / "earlier" / "stale.txt").exists()
+    assert (tmp_path / "earlier" / "hyperparams.yaml").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_export_never_destroys_its_source_or_a_folder_it_did_not_make(training_output, tmp_path):
+    """Issue 15.2: export onto the run, an ancestor of it, or a folder inside it."""
+    parent = training_output.parent
+    (parent / "unrelated.txt").write_text("keep me")
+    before = snapshot(parent)
+    model = training_output / "model"
+    cases = {
+        training_output: "contains its source",  # export RUN RUN --overwrite
+        parent: "contains its source",  # export RUN PARENT --overwrite
+        model: "is its source",  # training with export_folder=<output_folder>/model
+        model / "inner": "lies inside its source",
+    }
+    for destination, message in cases.items():
+        with pytest.raises(ExportError, match=message):
+            export_training_output(training_output, destination, overwrite=True)
+        assert snapshot(parent) == before, destination
+    os.symlink(training_output, tmp_path / "link_to_run")  # the same folder under another name
+    with pytest.raises(ExportError, match="contains its source"):
+        export_training_output(training_output, tmp_path / "link_to_run", overwrite=True)
+    # Training's own export only replaces an earlier export: never a user's folder named model/.
+    shutil.rmtree(model)
+    model.mkdir()
+    (model / "my_notes.txt").write_text("mine")
+    encoder_state = torch.load(training_output / "save" / "frozen" / "CKPT+1" / "embedding_model.ckpt",
+                               weights_only=True)
+    with pytest.raises(ExportError, match="not an earlier export"):
+        export_model(model, {"model_type": "wavlm"}, BACKEND, encoder_state, {"weight": torch.zeros(5, 8)},
+                     SPEAKERS, THRESHOLD, overwrite=True)
+    assert (model / "my_notes.txt").read_text() == "mine"
+
+
+def test_reference_export_refuses_its_own_input_folder(tiny_wavlm_large, tmp_path):
+    frontend = WavLMModel.from_pretrained(tiny_wavlm_large)
+    (tmp_path / "refs").mkdir()
+    torch.save(reference_state(frontend.state_dict(), L=frontend.config.num_hidden_layers + 1),
+               tmp_path / "refs" / "model.state")
+    before = snapshot(tmp_path / "refs")
+    with pytest.raises(ExportError, match="contains its source"):
+        export_reference(tmp_path / "refs" / "model.state", tiny_wavlm_large, tmp_path / "refs", overwrite=True)
+    assert snapshot(tmp_path / "refs") == before
+
+
+class FakeApi:
+    """Records the Hub calls instead of making them."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self.calls.append(("create_commit", repo_id, [op.path_in_repo for op in operations]))
+
+
+def test_push_uploads_only_the_exports_own_files(exported, tmp_path):
+    own = sorted(read_marker(exported)["files"])
+    assert EXPORT_MARKER not in own  # it records local paths: it stays here
+    (exported / ".env").write_text("HF_TOKEN=secret")
+    (exported / ".git").mkdir()
+    (exported / ".git" / "config").write_text("[remote] url=https://user:pw@example.org")
+    (exported / "notes.txt").write_text("private")
+    (tmp_path / "elsewhere.txt").write_text("outside the export")
+    os.symlink(tmp_path / "elsewhere.txt", exported / "linked.txt")
+    assert [name for name, _ in push_to_hub(exported, "me/lap", dry_run=True)] == own
+    api = FakeApi()
+    push_to_hub(exported, "me/lap", private=True, api=api)
+    assert api.calls[0][:2] == ("create_repo", "me/lap") and api.calls[0][2]["private"]
+    assert api.calls[1] == ("create_commit", "me/lap", own)
+    # An own file replaced by a link is refused, not followed.
+    (exported / "classifier.ckpt").rename(tmp_path / "classifier.ckpt")
+    os.symlink(tmp_path / "classifier.ckpt", exported / "classifier.ckpt")
+    with pytest.raises(ValueError, match=r"\['classifier.ckpt'\] are links"):
+        push_to_hub(exported, "me/lap", dry_run=True)
+    # A tampered marker cannot name files outside the folder.
+    marker = json.loads((exported / EXPORT_MARKER).read_text())
+    marker["files"]["../elsewhere.txt"] = "0" * 64
+    (exported / EXPORT_MARKER).write_text(json.dumps(marker))
+    with pytest.raises(ValueError, match="not an exported model folder"):
+        push_to_hub(exported, "me/lap", dry_run=True)
+
+
+INSTALLED_CHECK = """
+import sys
+from pathlib import Path
+
+import torch
+import lap_speechbrain
+from lap_speechbrain.cli import main
+from lap_speechbrain.export.folder import export_model
+
+assert Path(lap_speechbrain.__file__).is_relative_to(Path(sys.argv[1])), lap_speechbrain.__file__
+parts = torch.load("parts.pt", weights_only=False)
+export_model("run/model", parts["ssl_config"], parts["backend"], parts["embedding"], parts["classifier"],
+             parts["labels"], 0.3125)
+assert main(["export", "run", "exported"]) == 0
+assert main(["verify", "a.wav", "a.wav", "--model", "exported"]) == 0
+"""
+
+
+def test_a_wheel_install_exports_and_loads(trained, tmp_path):
+    """Issue 9: a non-editable install (the template is package data) exports, copies and loads."""
+    source = tmp_path / "source"  # pip builds in the source tree: build a copy
+    shutil.copytree(Path(__file__).resolve().parents[1], source, ignore=shutil.ignore_patterns(
+        ".*", "__pycache__", "*.egg-info", "build", "dist", "results", "tests", "benchmarks", "docs"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    # The dependencies come from this environment (a .pth adds its folder, whose own .pth files,
+    # such as an editable install of this project, are not processed); the package only from the wheel.
+    Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--no-cache-dir", str(source)], check=True, env=env, timeout=300)
+    assert (venv / "bin" / "lap-speechbrain").is_file()
+    work = tmp_path / "work"
+    work.mkdir()
+    encoder, classifier = trained
+    torch.save({"ssl_config": encoder.ssl_model.model.config.to_dict(), "backend": BACKEND,
+                "embedding": encoder.state_dict(), "classifier": classifier.state_dict(), "labels": SPEAKERS},
+               work / "parts.pt")
+    write_voices(work)
+    shutil.copy(work / "speaker1.wav", work / "a.wav")
+    result = subprocess.run([str(python), "-c", textwrap.dedent(INSTALLED_CHECK), site], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "score 1.0000  threshold 0.3125  same speaker" in result.stdout
+    assert read_marker(work / "exported")["source"]["path"] == str((work / "run" / "model").resolve())
