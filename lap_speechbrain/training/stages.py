@@ -39,6 +39,7 @@ STAGE_KEYS = (
     "ssl_frozen", "epochs", "crop_seconds", "batch_size", "grad_accumulation_factor",
     "weight_decay", "speed_perturb_prob", "augment", "margin_loss", "compute_cost",
     "margin_schedule", "lr_schedule", "epoch_counter",
+    "ssl_layerdrop", "ssl_mask_time_prob", "ssl_mask_time_length",
 )
 
 
@@ -149,6 +150,9 @@ def run_stage(
     if init_from is not None:
         load_selected(init_from, embedding_model, classifier)
     embedding_model.set_ssl_frozen(stage["ssl_frozen"])
+    embedding_model.set_ssl_regularization(
+        stage["ssl_layerdrop"], stage["ssl_mask_time_prob"], stage["ssl_mask_time_length"]
+    )
 
     folder = Path(hparams["save_folder"]) / name
     checkpointer = AtomicCheckpointer(
