@@ -114,8 +114,12 @@ def make_augmentation(hparams: dict, noise_csvs: dict):
     }
     if not corruptions:
         return None
-    partial = [kind for kind in hparams["wav_augment"].keywords["partial"] if kind in corruptions]
-    return hparams["wav_augment"](corruptions=corruptions, partial=partial)
+    combinations = {
+        name: parts
+        for name, parts in hparams["wav_augment"].keywords.get("combinations", {}).items()
+        if all(part in corruptions for part in parts)
+    }
+    return hparams["wav_augment"](corruptions=corruptions, combinations=combinations)
 
 
 def finish(hparams: dict, run_opts: dict) -> None:
