@@ -27,7 +27,8 @@ Authors
 
 import inspect
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile
@@ -39,6 +40,18 @@ from speechbrain.dataio.dataio import load_data_csv
 POWER_FLOOR = 1e-4
 # The reference's coverage choices: all of the segment, 40-60 % or 20-40 % of it.
 REFERENCE_COVERAGE = ((1.0, 1.0), (0.4, 0.6), (0.2, 0.4))
+# Threads that read noise and RIR files.
+READ_THREADS = 8
+
+
+class _Read(NamedTuple):
+    """A segment to read: ``num_samples`` from ``start`` (None: to the end), and a uniform
+    draw in [0, 1) that picks the channel."""
+
+    path: str
+    start: int
+    num_samples: Optional[int]
+    channel_draw: float
 
 
 def _uniform(low: float, high: float) -> float:
@@ -51,7 +64,12 @@ def _randint(low: int, high: int) -> int:
 
 
 class _AudioFiles:
-    """The files of a SpeechBrain noise/RIR CSV (``ID,duration,wav,...``), read one channel at a time."""
+    """The files of a SpeechBrain noise/RIR CSV (``ID,duration,wav,...``), read one channel at a time.
+
+    A batch needs hundreds of segments, read in parallel threads (libsndfile
+    releases the GIL); every random draw happens before, in the calling thread,
+    so a seed fixes the result.
+    """
 
     def __init__(self, csv_file: str, sample_rate: int):
         rows = load_data_csv(csv_file)
@@ -61,7 +79,9 @@ class _AudioFiles:
         self.files: List[Tuple[str, float]] = [(row["wav"], float(row["duration"])) for row in rows.values()]
         self.sample_rate = sample_rate
 
-    def _read(self, path: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+    def _read(self, request: "_Read") -> np.ndarray:
+        path, start, num_samples, channel_draw = request
+        stop = None if num_samples is None else start + num_samples
         try:
             audio, rate = soundfile.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
         except (RuntimeError, soundfile.LibsndfileError) as error:
@@ -69,24 +89,30 @@ class _AudioFiles:
         if rate != self.sample_rate:
             raise ValueError(f"{path} (listed in {self.csv_file}): {rate} Hz, expected {self.sample_rate} Hz")
         # A random channel of multi-channel files (microphone arrays), as the reference.
-        return audio[:, _randint(0, audio.shape[1] - 1)]
+        audio = audio[:, int(channel_draw * audio.shape[1])]
+        if num_samples is None:
+            return audio
+        # Files shorter than the segment are repeated (wrap-padded), as the reference.
+        return np.resize(audio, num_samples) if len(audio) else np.zeros(num_samples, np.float32)
 
-    def random_whole(self) -> np.ndarray:
-        """One random file, whole, one random channel."""
+    def read(self, requests: Sequence["_Read"]) -> List[np.ndarray]:
+        """The audio of each request, read in parallel."""
+        if len(requests) <= 1:
+            return [self._read(request) for request in requests]
+        with ThreadPoolExecutor(min(READ_THREADS, len(requests))) as pool:
+            return list(pool.map(self._read, requests))
+
+    def whole(self) -> "_Read":
+        """Draws a request for one random file, whole."""
         path, _ = self.files[_randint(0, len(self.files) - 1)]
-        return self._read(path)
+        return _Read(path, 0, None, float(torch.rand(())))
 
-    def random_segment(self, num_samples: int) -> np.ndarray:
-        """A random ``num_samples`` segment of a random file (one random channel);
-        shorter files are repeated (wrap-padded) to that length."""
+    def segment(self, num_samples: int) -> "_Read":
+        """Draws a request for a random ``num_samples`` segment of a random file."""
         path, duration = self.files[_randint(0, len(self.files) - 1)]
         total = int(duration * self.sample_rate)
-        if total > num_samples:
-            start = _randint(0, total - num_samples)
-            audio = self._read(path, start, start + num_samples)
-        else:
-            audio = self._read(path)
-        return np.resize(audio, num_samples) if len(audio) else np.zeros(num_samples, dtype=np.float32)
+        start = _randint(0, total - num_samples) if total > num_samples else 0
+        return _Read(path, start, num_samples if total > num_samples else None, float(torch.rand(())))
 
 
 class AddNoiseSources(torch.nn.Module):
@@ -169,24 +195,26 @@ class AddNoiseSources(torch.nn.Module):
         torch.Tensor
             (B, N) speech plus noise.
         """
-        noisy = wavs.clone()
         counts = torch.round(lengths * wavs.shape[1]).long()
         valid = torch.arange(wavs.shape[1], device=wavs.device) < counts[:, None].to(wavs.device)
         energies = (wavs.double().square() * valid).sum(dim=1).tolist()
+        # Every random draw first (row, window, SNR, file), then all the reads at once.
+        plan, requests = [], []
         for row, count in enumerate(counts.tolist()):
             if count == 0:
                 continue
-            speech_power = energies[row] / count + POWER_FLOOR
             low, high = (1.0, 1.0) if full_length else self.coverage[_randint(0, len(self.coverage) - 1)]
             for _ in range(_randint(self.min_sources, self.max_sources)):
                 span = max(1, int(_uniform(low, high) * count))
-                noise = self.files.random_segment(span)
-                noise_power = float(np.square(noise, dtype=np.float64).mean()) + POWER_FLOOR
+                requests.append(self.files.segment(span))
                 snr = _uniform(self.snr_low, self.snr_high)
-                gain = math.sqrt(speech_power / noise_power * 10 ** (-snr / 10))
-                start = _randint(0, count - span)
-                source = torch.from_numpy(noise).to(device=wavs.device, dtype=wavs.dtype)
-                noisy[row, start : start + span] += gain * source
+                plan.append((row, _randint(0, count - span), span, energies[row] / count, snr))
+        noisy = wavs.clone()
+        for (row, start, span, speech_power, snr), noise in zip(plan, self.files.read(requests)):
+            noise_power = float(np.square(noise, dtype=np.float64).mean())
+            gain = math.sqrt((speech_power + POWER_FLOOR) / (noise_power + POWER_FLOOR) * 10 ** (-snr / 10))
+            source = torch.from_numpy(noise).to(device=wavs.device, dtype=wavs.dtype)
+            noisy[row, start : start + span] += gain * source
         return noisy
 
 
@@ -236,18 +264,17 @@ class ConvolveRIR(torch.nn.Module):
         torch.Tensor
             (B, N).
         """
-        output = wavs.clone()
-        samples = torch.round(lengths * wavs.shape[1]).long().tolist()
-        for row, count in enumerate(samples):
-            rir = torch.from_numpy(self.files.random_whole()).to(device=wavs.device, dtype=torch.float32)
-            energy = rir.square().sum()
-            if count == 0 or energy == 0:
-                continue
-            rir = rir / energy.sqrt()
-            size = count + len(rir) - 1
-            spectrum = torch.fft.rfft(wavs[row, :count].float(), size) * torch.fft.rfft(rir, size)
-            output[row, :count] = torch.fft.irfft(spectrum, size)[:count].to(wavs.dtype)
-        return output
+        rirs = [torch.from_numpy(rir) for rir in self.files.read([self.files.whole() for _ in range(len(wavs))])]
+        rirs = torch.nn.utils.rnn.pad_sequence(rirs, batch_first=True).to(wavs.device)
+        energy = rirs.square().sum(dim=1, keepdim=True)
+        rirs = rirs / energy.sqrt().clamp(min=torch.finfo(rirs.dtype).tiny)
+        valid = torch.arange(wavs.shape[1], device=wavs.device) < torch.round(lengths * wavs.shape[1])[:, None]
+        speech = (wavs * valid).float()
+        # Full convolution through the FFT, at a power-of-two size (prime sizes are slow).
+        size = 1 << (wavs.shape[1] + rirs.shape[1] - 2).bit_length()
+        spectrum = torch.fft.rfft(speech, size) * torch.fft.rfft(rirs, size)
+        reverberant = torch.fft.irfft(spectrum, size)[:, : wavs.shape[1]].to(wavs.dtype)
+        return torch.where(valid & (energy > 0), reverberant, wavs)
 
 
 class OneCorruptionPerUtterance(torch.nn.Module):
