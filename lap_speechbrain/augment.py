@@ -45,12 +45,13 @@ READ_THREADS = 8
 
 
 class _Read(NamedTuple):
-    """A segment to read: ``num_samples`` from ``start`` (None: to the end), and a uniform
-    draw in [0, 1) that picks the channel."""
+    """Samples ``start:stop`` of a file (stop None: to its end), one channel picked by
+    ``channel_draw`` (uniform in [0, 1)), repeated to ``length`` samples (None: as read)."""
 
     path: str
     start: int
-    num_samples: Optional[int]
+    stop: Optional[int]
+    length: Optional[int]
     channel_draw: float
 
 
@@ -66,65 +67,91 @@ def _randint(low: int, high: int) -> int:
 class _AudioFiles:
     """The files of a SpeechBrain noise/RIR CSV (``ID,duration,wav,...``), read one channel at a time.
 
-    A batch needs hundreds of segments, read in parallel threads (libsndfile
-    releases the GIL); every random draw happens before, in the calling thread,
-    so a seed fixes the result.
+    With ``chunk`` = (length, hop) in samples, each file counts as the pieces
+    of ``length`` samples starting every ``hop`` samples that the reference's
+    MUSAN preparation cuts (a file of ``length`` samples or less: one piece,
+    the whole file), and :meth:`segment` draws a piece uniformly, so a long
+    file is drawn more often than a short one. A batch needs hundreds of
+    segments, read in parallel threads (libsndfile releases the GIL); every
+    random draw happens before, in the calling thread, so a seed fixes the result.
     """
 
-    def __init__(self, csv_file: str, sample_rate: int):
+    def __init__(self, csv_file: str, sample_rate: int, chunk: Optional[Tuple[int, int]] = None):
         rows = load_data_csv(csv_file)
         if not rows:
             raise ValueError(f"{csv_file}: no audio files listed")
         self.csv_file = csv_file
-        self.files: List[Tuple[str, float]] = [(row["wav"], float(row["duration"])) for row in rows.values()]
+        self.paths = [row["wav"] for row in rows.values()]
+        self.totals = [int(round(float(row["duration"]) * sample_rate)) for row in rows.values()]
         self.sample_rate = sample_rate
+        self.chunk = chunk
+        pieces = [1] * len(self.paths)
+        if chunk is not None:
+            length, hop = chunk
+            pieces = [max(1, math.ceil((total - length) / hop)) for total in self.totals]
+        self.first_piece = np.cumsum([0] + pieces)
 
-    def _read(self, request: "_Read") -> np.ndarray:
-        path, start, num_samples, channel_draw = request
-        stop = None if num_samples is None else start + num_samples
+    def _read(self, request: _Read) -> np.ndarray:
         try:
-            audio, rate = soundfile.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
+            audio, rate = soundfile.read(
+                request.path, start=request.start, stop=request.stop, dtype="float32", always_2d=True
+            )
         except (RuntimeError, soundfile.LibsndfileError) as error:
-            raise ValueError(f"{path} (listed in {self.csv_file}): cannot read audio ({error})") from error
+            raise ValueError(f"{request.path} (listed in {self.csv_file}): cannot read audio ({error})") from error
         if rate != self.sample_rate:
-            raise ValueError(f"{path} (listed in {self.csv_file}): {rate} Hz, expected {self.sample_rate} Hz")
+            raise ValueError(
+                f"{request.path} (listed in {self.csv_file}): {rate} Hz, expected {self.sample_rate} Hz"
+            )
         # A random channel of multi-channel files (microphone arrays), as the reference.
-        audio = audio[:, int(channel_draw * audio.shape[1])]
-        if num_samples is None:
+        audio = audio[:, int(request.channel_draw * audio.shape[1])]
+        if request.length is None:
             return audio
-        # Files shorter than the segment are repeated (wrap-padded), as the reference.
-        return np.resize(audio, num_samples) if len(audio) else np.zeros(num_samples, np.float32)
+        # Pieces shorter than the segment are repeated (wrap-padded), as the reference.
+        return np.resize(audio, request.length) if len(audio) else np.zeros(request.length, np.float32)
 
-    def read(self, requests: Sequence["_Read"]) -> List[np.ndarray]:
+    def read(self, requests: Sequence[_Read]) -> List[np.ndarray]:
         """The audio of each request, read in parallel."""
         if len(requests) <= 1:
             return [self._read(request) for request in requests]
         with ThreadPoolExecutor(min(READ_THREADS, len(requests))) as pool:
             return list(pool.map(self._read, requests))
 
-    def whole(self) -> "_Read":
+    def whole(self) -> _Read:
         """Draws a request for one random file, whole."""
-        path, _ = self.files[_randint(0, len(self.files) - 1)]
-        return _Read(path, 0, None, float(torch.rand(())))
+        path = self.paths[_randint(0, len(self.paths) - 1)]
+        return _Read(path, 0, None, None, float(torch.rand(())))
 
-    def segment(self, num_samples: int) -> "_Read":
-        """Draws a request for a random ``num_samples`` segment of a random file."""
-        path, duration = self.files[_randint(0, len(self.files) - 1)]
-        total = int(duration * self.sample_rate)
-        start = _randint(0, total - num_samples) if total > num_samples else 0
-        return _Read(path, start, num_samples if total > num_samples else None, float(torch.rand(())))
+    def segment(self, num_samples: int) -> _Read:
+        """Draws a request for a random ``num_samples`` segment of a random piece."""
+        piece = _randint(0, int(self.first_piece[-1]) - 1)
+        index = int(np.searchsorted(self.first_piece, piece, side="right")) - 1
+        total = self.totals[index]
+        if self.chunk is None or total <= self.chunk[0]:
+            begin, size = 0, total
+        else:
+            begin, size = (piece - int(self.first_piece[index])) * self.chunk[1], self.chunk[0]
+        if size > num_samples:
+            begin += _randint(0, size - num_samples)
+            size = num_samples
+        return _Read(self.paths[index], begin, begin + size, num_samples, float(torch.rand(())))
 
 
 class AddNoiseSources(torch.nn.Module):
     """Adds noise files to speech, each source at its own SNR, without rescaling the speech.
 
     For each utterance: one coverage range is drawn from ``coverage``; then
-    ``randint(min_sources, max_sources)`` sources are added, each a random
-    segment of a random file (a random channel) covering a random fraction (in
-    that range) of the utterance at a random position, scaled so that its mean
-    power over that window is ``snr`` dB (uniform in ``snr_low..snr_high``)
-    below the mean power of the speech over the utterance. Babble is 4-7
-    speech files, each at 13-20 dB.
+    ``randint(min_sources, max_sources)`` sources are added, each covering a
+    random fraction (in that range) of the utterance at a random position,
+    scaled so that its mean power over that window is ``snr`` dB (uniform in
+    ``snr_low..snr_high``) below the mean power of the speech over the
+    utterance. Babble is 4-7 speech files, each at 13-20 dB.
+
+    Each source is drawn as the reference draws it: the reference cuts MUSAN
+    into pieces of 5 s every 3 s and picks a piece uniformly (so long files
+    are picked more often), then a random segment of the piece (a random
+    channel), repeated when the piece is shorter than the segment. Here the
+    files stay whole and the pieces are positions in them; a file of 5 s or
+    less is one piece (the reference's preparation drops such files).
 
     Arguments
     ---------
@@ -139,6 +166,9 @@ class AddNoiseSources(torch.nn.Module):
         Ranges of the covered fraction of the utterance; one is drawn
         uniformly per utterance. The default is the reference's: all of it,
         40-60 % or 20-40 %.
+    chunk_seconds, chunk_hop_seconds : float
+        Length and spacing of the pieces; ``chunk_seconds=None`` draws files
+        uniformly and a segment anywhere in them.
     sample_rate : int
         Sample rate of speech and noise files.
 
@@ -164,6 +194,8 @@ class AddNoiseSources(torch.nn.Module):
         min_sources: int = 1,
         max_sources: int = 1,
         coverage: Sequence[Tuple[float, float]] = REFERENCE_COVERAGE,
+        chunk_seconds: Optional[float] = 5.0,
+        chunk_hop_seconds: float = 3.0,
         sample_rate: int = 16000,
     ):
         super().__init__()
@@ -172,7 +204,12 @@ class AddNoiseSources(torch.nn.Module):
         coverage = [tuple(float(bound) for bound in pair) for pair in coverage]
         if not coverage or any(len(pair) != 2 or not 0 < pair[0] <= pair[1] <= 1 for pair in coverage):
             raise ValueError(f"coverage={coverage}: expected (low, high) pairs with 0 < low <= high <= 1")
-        self.files = _AudioFiles(csv_file, sample_rate)
+        chunk = None
+        if chunk_seconds is not None:
+            chunk = (round(chunk_seconds * sample_rate), round(chunk_hop_seconds * sample_rate))
+            if min(chunk) < 1:
+                raise ValueError(f"chunk_seconds={chunk_seconds}, chunk_hop_seconds={chunk_hop_seconds}: need > 0")
+        self.files = _AudioFiles(csv_file, sample_rate, chunk)
         self.snr_low, self.snr_high = snr_low, snr_high
         self.min_sources, self.max_sources = min_sources, max_sources
         self.coverage = coverage

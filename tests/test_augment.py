@@ -148,6 +148,37 @@ def test_coverage_is_all_or_40_to_60_or_20_to_40_percent(tmp_path):
     assert bool((padded[:, 500:] == 0).all() and (padded[:, :500] != 0).all())
 
 
+def test_noise_is_drawn_by_5_s_pieces_every_3_s_as_the_reference_cuts_musan(tmp_path):
+    """A 29 s file is 8 pieces (starts 0, 3, ..., 21 s), a 4 s file one: the long
+    file is drawn 8 times in 9. A segment lies inside one piece; a 6 s segment
+    (large-margin fine-tuning) repeats its 5 s piece."""
+    ramp = np.arange(29 * RATE) / (29 * RATE)  # the value tells the position
+    csv_file = noise_csv(tmp_path, [ramp, np.full(4 * RATE, -1.0)])
+    files = AddNoiseSources(csv_file, 0, 0).files
+    torch.manual_seed(0)
+    segments = files.read([files.segment(2 * RATE) for _ in range(900)])
+    long_file = [segment for segment in segments if segment[0] >= 0]
+    assert len(long_file) / len(segments) == pytest.approx(8 / 9, abs=0.03)
+    starts = np.array([round(segment[0] * 29 * RATE) for segment in long_file])
+    piece = starts // (3 * RATE)
+    assert set(piece.tolist()) == set(range(8))
+    assert np.all(starts + 2 * RATE <= piece * 3 * RATE + 5 * RATE)  # inside the piece
+    six = files.read([files.segment(6 * RATE) for _ in range(50)])
+    for segment in (segment for segment in six if segment[0] >= 0):
+        np.testing.assert_array_equal(segment[5 * RATE:], segment[: RATE])
+        assert round(segment[0] * 29 * RATE) % (3 * RATE) == 0
+    uniform = AddNoiseSources(csv_file, 0, 0, chunk_seconds=None).files
+    drawn = uniform.read([uniform.segment(RATE) for _ in range(400)])
+    assert np.mean([segment[0] >= 0 for segment in drawn]) == pytest.approx(0.5, abs=0.08)
+
+
+def test_files_shorter_than_the_segment_are_repeated(tmp_path):
+    short = np.arange(100) / 1000
+    files = AddNoiseSources(noise_csv(tmp_path, [short]), 0, 0).files
+    segment = files.read([files.segment(250)])[0]
+    np.testing.assert_allclose(segment, np.resize(short, 250), atol=1e-7)
+
+
 def test_a_random_channel_of_multi_channel_files(tmp_path):
     # Two channels: an impulse at sample 0 or at sample 5; DC of 0.1 or 0.3.
     rir = np.zeros((64, 2))
