@@ -111,7 +111,7 @@ def profile_stage1(encoder, classifier, loss_fn, wavs, labels, frozen_forward, a
     training; LAP+ASTP scale with the batch like the forward does.
     """
     with torch.no_grad(), autocast():
-        states = encoder.ssl_model(wavs)
+        states = encoder.hidden_states(wavs)
     embedding_dim = encoder.backend.embedding_dim
     parameters = [p for m in (encoder, classifier) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=1e-5)

@@ -343,6 +343,9 @@ STAGE_CHECKS = {
     "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "speed_perturb_prob": (lambda v: _is_number(v) and 0 <= v <= 1, "a probability in [0, 1]"),
     "augment": (lambda v: isinstance(v, bool), "True or False"),
+    "ssl_layerdrop": (lambda v: _is_number(v) and 0 <= v < 1, "a probability in [0, 1)"),
+    "ssl_mask_time_prob": (lambda v: _is_number(v) and 0 <= v < 1, "a probability in [0, 1)"),
+    "ssl_mask_time_length": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 STAGE_OBJECTS = ("margin_loss", "compute_cost", "margin_schedule", "lr_schedule", "epoch_counter")
 
@@ -451,8 +454,12 @@ def make_augmentation(hparams: dict, noise_csvs: dict):
     }
     if not corruptions:
         return None
-    partial = [kind for kind in hparams["wav_augment"].keywords["partial"] if kind in corruptions]
-    return hparams["wav_augment"](corruptions=corruptions, partial=partial)
+    combinations = {
+        name: parts
+        for name, parts in hparams["wav_augment"].keywords.get("combinations", {}).items()
+        if all(part in corruptions for part in parts)
+    }
+    return hparams["wav_augment"](corruptions=corruptions, combinations=combinations)
 
 
 def remove_leftovers(hparams: dict) -> None:
@@ -523,6 +530,9 @@ def run_stage(
     if start is not None:
         load_selected(start["checkpoint"], embedding_model, classifier)
     embedding_model.set_ssl_frozen(stage["ssl_frozen"])
+    embedding_model.set_ssl_regularization(
+        stage["ssl_layerdrop"], stage["ssl_mask_time_prob"], stage["ssl_mask_time_length"]
+    )
 
     folder = Path(hparams["save_folder"]) / name
     checkpointer = AtomicCheckpointer(
@@ -581,6 +591,8 @@ def run_stage(
         "valid_threshold": selected.meta["threshold"],
         "classes": num_classes,
         "ssl_frozen": stage["ssl_frozen"],
+        "ssl_layerdrop": stage["ssl_layerdrop"],
+        "ssl_mask_time_prob": stage["ssl_mask_time_prob"],
         "epochs": stage["epochs"],
         "crop_seconds": stage["crop_seconds"],
         "batch_size": stage["batch_size"],

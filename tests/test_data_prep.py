@@ -354,7 +354,9 @@ def test_custom_corpus_bad_requests(tmp_path):
 
 
 def test_noise_csvs_feed_speechbrain_augment(tmp_path, caplog):
-    from speechbrain.augment.time_domain import AddNoise, AddReverb
+    from speechbrain.augment.time_domain import AddNoise
+
+    from lap_speechbrain.augment import ConvolveRIR
 
     musan = tmp_path / "musan"
     write_wav(musan / "noise" / "free-sound" / "noise-0001.wav", 1.0, seed=1)
@@ -387,9 +389,9 @@ def test_noise_csvs_feed_speechbrain_augment(tmp_path, caplog):
         "real_rirs_isotropic_noises/RVB2014_type1_rir_largeroom1_near_angla",
         "simulated_rirs/smallroom/Room001/Room001-00001",
     }
-    # The 8-channel RIR was replaced by a mono copy.
-    for row in rirs_rows:
-        assert soundfile.info(row["wav"]).channels == 1
+    # Multi-channel RIRs are listed as they are (lap_speechbrain.augment reads a random channel).
+    channels = {row["ID"]: soundfile.info(row["wav"]).channels for row in rirs_rows}
+    assert channels["real_rirs_isotropic_noises/RVB2014_type1_rir_largeroom1_near_angla"] == 8
 
     torch.manual_seed(0)
     speech = torch.randn(2, 12000) * 0.1
@@ -397,7 +399,7 @@ def test_noise_csvs_feed_speechbrain_augment(tmp_path, caplog):
     for kind in ("noise", "music", "babble"):
         noisy = AddNoise(csv_file=csvs[kind], snr_low=5, snr_high=5, pad_noise=True)(speech, lengths)
         assert noisy.shape == speech.shape and not torch.allclose(noisy, speech)
-    reverberant = AddReverb(csv_file=csvs["rir"])(speech)
+    reverberant = ConvolveRIR(csv_file=csvs["rir"])(speech, lengths)
     assert reverberant.shape == speech.shape and not torch.allclose(reverberant, speech)
 
     own = prepare_noise_csvs(tmp_path / "own", noise_folders={"noise": mine})

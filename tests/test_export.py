@@ -235,7 +235,10 @@ def test_reference_checkpoint_export_computes_the_reference_formulation(tiny_wav
     assert read_marker(folder)["source"]["path"] == str((tmp_path / "model.state").resolve())
     wavs, lens = batch(seed=3)
     embeddings = model.encode_batch(wavs, lens).squeeze(1)
-    # The reference: raw waveform -> all WavLM hidden states -> LAP + ASTP, one utterance at a time.
+    # The reference: raw waveform -> all WavLM hidden states as transformers 4.x returns
+    # them (the last after the final LayerNorm; tie_last_hidden_states makes 5.x do the
+    # same) -> LAP + ASTP, one utterance at a time.
+    frontend.config.tie_last_hidden_states = True
     expected = []
     with torch.no_grad():
         for row, length in enumerate((lens * wavs.shape[1]).round().long().tolist()):

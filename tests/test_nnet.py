@@ -78,6 +78,29 @@ def test_margin_and_penalty_can_change_at_any_step():
     torch.testing.assert_close(before, 30 * outputs)
 
 
+def test_margin_loss_keeps_no_constant_of_a_past_margin():
+    """SpeechBrain's AdditiveAngularMargin stores cos(m), sin(m) and the fallback
+    constants at construction; after a schedule moves the margin they would be stale."""
+    aam = AdditiveAngularMarginInterTopK(margin=0.2, top_k=2, top_k_penalty=0.06)
+    floats = {name for name, value in vars(aam).items() if isinstance(value, float)}
+    assert floats == {"margin", "scale", "top_k_penalty"}
+
+
+def test_subcenter_classifier_is_initialised_as_the_reference_tensor():
+    """Xavier-uniform over the reference's (K, E, classes) tensor (paper sizes)."""
+    subcenters, embedding, classes = 3, 192, 17982
+    torch.manual_seed(0)
+    weight = SubCenterClassifier(embedding, classes, subcenters).weight.detach()
+    bound = math.sqrt(6.0 / (embedding * classes + subcenters * classes))  # fan_in + fan_out of (K, E, C)
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.99 * bound
+    # Uniform(-b, b) has variance b^2 / 3: expected norm of one sub-centre sqrt(E / 3) b.
+    norms = weight.norm(dim=1)
+    assert norms.mean().item() == pytest.approx(math.sqrt(embedding / 3) * bound, rel=0.01)
+    # 2-d Xavier over (K * classes, E), SpeechBrain's Classifier, is about 8x larger.
+    two_d = math.sqrt(embedding / 3) * math.sqrt(6.0 / (embedding + subcenters * classes))
+    assert norms.mean().item() < two_d / 7
+
+
 def test_subcenter_classifier_takes_the_nearest_subcentre():
     torch.manual_seed(0)
     classifier = SubCenterClassifier(input_size=6, out_neurons=4, num_subcenters=3)

@@ -11,7 +11,7 @@ YAMLS = ["lap_wavlm.yaml", "demo.yaml"]
 # The recipe owns the yaml: it alone reads the keys.
 CODE = [REPO / "recipes" / "train_speaker_embeddings.py"]
 # Keys read by speechbrain.Brain itself (run options) or by hyperpyyaml.
-FRAMEWORK_KEYS = {"precision", "ckpt_interval_minutes", "__set_seed"}
+FRAMEWORK_KEYS = {"precision", "ckpt_interval_minutes", "max_grad_norm", "__set_seed"}
 
 
 @pytest.mark.parametrize("name", YAMLS)
@@ -54,3 +54,27 @@ def test_yaml_builds_the_model_of_any_size(fixture, request, tmp_path):
     assert hparams["keep_speed_classes"] is True  # the reference keeps stage 1's speed classes
     assert hparams["model_card_datasets"] == ["voxceleb"]
 
+
+def test_gradients_are_not_clipped_as_in_the_reference(tiny_wavlm_large, tmp_path):
+    """SpeechBrain clips the gradient norm at 5.0 unless the yaml says otherwise;
+    the reference (clip at 9999) in effect does not clip."""
+    import speechbrain as sb
+    import torch
+
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"),
+                 "ssl_hub": tiny_wavlm_large, "lap_channels": 16, "num_heads": 4, "embedding_dim": 8}
+    with open(REPO / "hparams" / "lap_wavlm.yaml") as handle:
+        hparams = load_hyperpyyaml(handle, overrides)
+
+    def step(brain_hparams):
+        layer = torch.nn.Linear(4, 1, bias=False)
+        brain = sb.Brain({"layer": layer}, lambda params: torch.optim.SGD(params, lr=1.0),
+                         hparams=brain_hparams, run_opts={"device": "cpu"})
+        brain.init_optimizers()
+        before = layer.weight.detach().clone()
+        layer.weight.grad = torch.full_like(before, 50.0)  # norm 100
+        brain.optimizers_step()
+        return (before - layer.weight.detach()).norm().item()
+
+    assert step(hparams) == pytest.approx(100.0)
+    assert step({}) == pytest.approx(5.0)  # what the yaml's key changes

@@ -1,4 +1,4 @@
-"""Unit tests of the training data pipeline and augmentation."""
+"""Unit tests of the training data pipeline."""
 
 import csv
 
@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from speechbrain.augment.time_domain import AddNoise
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from lap_speechbrain.augment import OneCorruptionPerUtterance
 from lap_speechbrain.data.pipelines import (
     change_speed,
     read_crop,
@@ -89,45 +87,3 @@ def test_valid_dataset_names_missing_trial_utterances(manifest):
     assert sorted(items) == ["spk_a/1", "spk_b/0"] and items["spk_a/1"].shape == (16000,)
     with pytest.raises(ValueError, match="spk_z/0"):
         valid_dataset(path, ["spk_z/0"], sample_rate=16000)
-
-
-def test_one_corruption_per_utterance_keeps_the_batch():
-    clean = torch.full((64, 1000), 0.1)
-    lengths = torch.ones(64)
-    never = OneCorruptionPerUtterance({"white": AddNoise(snr_low=0, snr_high=0)}, prob=0.0)
-    assert torch.equal(never(clean, lengths), clean)
-
-    torch.manual_seed(0)
-    corrupt = OneCorruptionPerUtterance(
-        {"white": AddNoise(snr_low=0, snr_high=0), "gain": torch.nn.Identity()}, prob=0.6
-    )
-    noisy = corrupt(clean, lengths)
-    changed = (noisy != clean).any(dim=1)
-    assert noisy.shape == clean.shape
-    assert 0.1 < changed.float().mean() < 0.6  # about 0.6 x 1/2 rows get the white noise
-
-    half = OneCorruptionPerUtterance(
-        {"white": AddNoise(snr_low=0, snr_high=0)}, prob=1.0, partial=["white"], partial_prob=1.0,
-        partial_range=(0.5, 0.5),
-    )
-    covered = (half(clean, lengths) != clean).float().sum(dim=1)
-    assert torch.all(covered == 500)
-    with pytest.raises(ValueError, match="music"):
-        OneCorruptionPerUtterance({"white": AddNoise()}, partial=["music"])
-
-
-def test_babble_sums_several_talkers(tmp_path):
-    from lap_speechbrain.augment import AddBabble
-    from lap_speechbrain.data.noise import prepare_noise_csvs
-
-    (tmp_path / "speech").mkdir()
-    for index in range(4):
-        soundfile.write(tmp_path / "speech" / f"{index}.wav", np.full(4000, 0.1, np.float32), 16000, subtype="FLOAT")
-    csvs = prepare_noise_csvs(tmp_path / "csv", noise_folders={"babble": tmp_path / "speech"})
-    babble = AddBabble(min_speakers=3, max_speakers=3, csv_file=csvs["babble"], snr_low=15, snr_high=15)
-    noise, _ = babble._load_noise(torch.full((2, 1), 2000.0), 2000)
-    torch.testing.assert_close(noise, torch.full((2, 2000), 0.3))  # three talkers of 0.1 each
-    noisy = babble(torch.full((2, 2000), 0.5), torch.ones(2))
-    assert noisy.shape == (2, 2000)
-    with pytest.raises(ValueError, match="min_speakers"):
-        AddBabble(min_speakers=4, max_speakers=3)

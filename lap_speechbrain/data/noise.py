@@ -1,11 +1,13 @@
-"""Noise and room-impulse-response CSVs for SpeechBrain's ``AddNoise`` / ``AddReverb``.
+"""Noise and room-impulse-response CSVs for augmentation.
 
-SpeechBrain's augmenters read extended CSVs with the columns
-``ID,duration,wav,wav_format,wav_opts``, load each file whole and expect mono
-audio at the rate of the speech. This module lists the files of MUSAN
-(``noise``, ``music`` and ``speech`` -> ``babble``), of RIRS_NOISES (real and
-simulated RIRs -> ``rir``) or of any folders the caller names, reading only the
-headers; multi-channel files get a mono copy (first channel) in the save folder.
+The CSVs have the columns ``ID,duration,wav,wav_format,wav_opts`` of
+SpeechBrain's extended CSVs, which both ``lap_speechbrain.augment`` and
+SpeechBrain's ``AddNoise`` / ``AddReverb`` read. This module lists the files of
+MUSAN (``noise``, ``music`` and ``speech`` -> ``babble``), of RIRS_NOISES (real
+and simulated RIRs -> ``rir``) or of any folders the caller names, reading only
+the headers. Multi-channel files (the microphone-array RIRs of RIRS_NOISES) are
+listed as they are: ``lap_speechbrain.augment`` reads a random channel of
+each, as the reference does (SpeechBrain's augmenters expect mono files).
 
 Authors
  * lap-speechbrain contributors 2026
@@ -16,10 +18,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
-import soundfile
-
 from lap_speechbrain.data.manifest import (
-    AudioInfo,
     PathLike,
     find_audio_files,
     folder_fingerprint,
@@ -30,7 +29,6 @@ from lap_speechbrain.data.manifest import (
     require_outside,
     write_csv,
 )
-from lap_speechbrain.fileio import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +53,7 @@ def _rirs_noises_files(rir_folder: Path) -> List[str]:
     return files
 
 
-def _mono_copy(info: AudioInfo, root: Path, mono_folder: Path) -> Path:
-    """Writes the first channel of a multi-channel file (AddNoise/AddReverb expect mono)."""
-    target = mono_folder / Path(info.path).relative_to(root).with_suffix(".wav")
-    if not target.exists():
-        audio, rate = soundfile.read(info.path, dtype="float32", always_2d=True)
-        with atomic_open(target, "wb") as file:
-            soundfile.write(file, audio[:, 0], rate, format="WAV", subtype="FLOAT")
-    return target
-
-
-def _noise_rows(
-    files: List[str], root: Path, mono_folder: Path, sample_rate: int, desc: str
-) -> List[Dict[str, object]]:
+def _noise_rows(files: List[str], root: Path, sample_rate: int, desc: str) -> List[Dict[str, object]]:
     rows = []
     for info in probe_audio(files, desc=desc):
         if info.sample_rate != sample_rate:
@@ -75,7 +61,7 @@ def _noise_rows(
                 "Skipping %s: sample rate %d Hz, expected %d Hz.", info.path, info.sample_rate, sample_rate
             )
             continue
-        path = _mono_copy(info, root, mono_folder) if info.channels > 1 else Path(info.path)
+        path = Path(info.path)
         rows.append(
             {
                 "ID": Path(info.path).relative_to(root).with_suffix("").as_posix(),
@@ -95,12 +81,12 @@ def prepare_noise_csvs(
     noise_folders: Optional[Mapping[str, PathLike]] = None,
     sample_rate: int = 16000,
 ) -> Dict[str, str]:
-    """Writes one CSV per corruption kind for ``speechbrain.augment`` (``AddNoise``/``AddReverb``).
+    """Writes one CSV per corruption kind for ``lap_speechbrain.augment``.
 
     Arguments
     ---------
     save_folder : str or Path
-        Where ``<kind>.csv`` (and mono copies of multi-channel files) go.
+        Where ``<kind>.csv`` go.
     musan_folder : str or Path, optional
         MUSAN root with ``noise/``, ``music/`` and ``speech/`` -> kinds
         ``"noise"``, ``"music"``, ``"babble"``.
@@ -121,7 +107,7 @@ def prepare_noise_csvs(
 
     Example
     -------
-    >>> import tempfile, numpy
+    >>> import numpy, soundfile
     >>> folder = Path(str(getfixture("tmpdir")))
     >>> (folder / "noises").mkdir()
     >>> soundfile.write(folder / "noises" / "hum.wav", numpy.zeros(1600), 16000)
@@ -159,6 +145,8 @@ def prepare_noise_csvs(
     options_file = save_folder / "prepare_noise.json"
     options = {
         "sample_rate": sample_rate,
+        # Older versions listed mono copies (first channel) of multi-channel files.
+        "multi_channel": "listed as they are",
         "sources": {kind: [str(root), folder_fingerprint(root)] for kind, (root, _) in sources.items()},
     }
     if is_prepared(options_file, options, outputs.values()):
@@ -169,7 +157,7 @@ def prepare_noise_csvs(
     for kind, (root, files) in sources.items():
         if not files:
             raise FileNotFoundError(f"no {'/'.join(AUDIO_EXTENSIONS)} files for {kind!r} under {root}")
-        rows = _noise_rows(files, root, save_folder / "mono" / kind, sample_rate, f"Reading {kind} files")
+        rows = _noise_rows(files, root, sample_rate, f"Reading {kind} files")
         if not rows:
             raise ValueError(f"no usable {kind!r} file under {root} (see the warnings above)")
         write_csv(rows, outputs[kind], NOISE_FIELDS)

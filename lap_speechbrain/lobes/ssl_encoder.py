@@ -5,7 +5,7 @@ Authors
 """
 
 import inspect
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +26,21 @@ class SSLSpeakerEncoder(nn.Module):
     ``ssl_model`` is SpeechBrain's HF wrapper (``speechbrain.integrations.
     huggingface.WavLM``, ``HuBERT`` or ``Wav2Vec2``). The encoder reads L and D
     from the loaded model's config and builds the backend to match, so no yaml
-    names the model's size. It also fixes what the wrapper gets wrong for this
-    use (docs/lap_spec.md section 1):
+    names the model's size. It also fixes what the wrapper and the installed
+    transformers version get wrong for this use (docs/lap_spec.md section 1):
 
-    - LayerDrop is switched off: in train mode it drops hidden states from the
-      output, and LAP needs all L of them on every call.
+    - The hidden states are collected by the encoder, the same way under
+      transformers 4.x and 5.x, as 4.x returns them (the reference ran on 4.x):
+      hidden state 0 is the input of the first transformer layer, state i the
+      output of layer i, and the last one is ``last_hidden_state``, so for
+      Large-type models (``do_stable_layer_norm``) it is the output of the
+      final encoder LayerNorm (5.x returns the state before it), and that
+      LayerNorm trains with the rest of the model.
+    - LayerDrop keeps L states on every call: a dropped layer passes its
+      input through, as in 4.x (5.x leaves its state out).
+    - LayerDrop and SpecAugment time masking are off until
+      :meth:`set_ssl_regularization` turns them on (per stage); they act only
+      while the SSL model trains, never when it is frozen or in eval mode.
     - A frozen SSL model is kept in eval mode and run under ``no_grad`` even
       after ``Brain`` calls ``modules.train()`` every epoch.
     - The waveform is fed as it is (the reference does not normalise it; the
@@ -40,10 +50,9 @@ class SSLSpeakerEncoder(nn.Module):
       changes with padding. For such models a padded batch is run one utterance
       at a time at its own length, which makes the embedding independent of
       the batch it is in. Batches without padding (training crops) run batched.
-    - Parameters that never receive a gradient (the spec-augment mask embedding,
-      and the final encoder LayerNorm of Large-type models, whose output is not
-      among the hidden states) are excluded from training so DDP does not stop
-      on unused parameters.
+    - The SpecAugment mask embedding receives no gradient while SpecAugment is
+      off, so it is then excluded from training (DDP stops on unused
+      parameters otherwise).
 
     Arguments
     ---------
@@ -69,8 +78,8 @@ class SSLSpeakerEncoder(nn.Module):
         super().__init__()
         self.ssl_model = ssl_model
         config = ssl_model.model.config
-        config.layerdrop = 0.0
-        ssl_model.output_all_hiddens = True
+        # The wrapper then returns last_hidden_state; hidden_states() collects the others.
+        ssl_model.output_all_hiddens = False
         ssl_model.normalize_wav = False
         ssl_model.output_norm = False
         self.num_layers = config.num_hidden_layers + 1
@@ -95,17 +104,49 @@ class SSLSpeakerEncoder(nn.Module):
             frame_dropout=frame_dropout,
         )
         self.frozen = frozen
-        self.set_ssl_frozen(frozen)
+        self.set_ssl_regularization(layerdrop=0.0, mask_time_prob=0.0, mask_time_length=config.mask_time_length)
 
     def _unused_ssl_parameters(self):
-        """Parameters of the HF model that the hidden states never depend on."""
+        """Parameters of the HF model that the hidden states do not depend on now."""
         model = self.ssl_model.model
-        unused = []
-        if getattr(model, "masked_spec_embed", None) is not None:
-            unused.append(model.masked_spec_embed)
-        if getattr(model.config, "do_stable_layer_norm", False):
-            unused.extend(model.encoder.layer_norm.parameters())
-        return unused
+        if getattr(model, "masked_spec_embed", None) is not None and not model.config.apply_spec_augment:
+            return [model.masked_spec_embed]
+        return []
+
+    def set_ssl_regularization(self, layerdrop: float, mask_time_prob: float, mask_time_length: int) -> None:
+        """Sets the SSL model's LayerDrop and SpecAugment time masking (per stage).
+
+        Both act only while the SSL model trains (train mode, not frozen). The
+        reference fine-tunes WavLM with the Hugging Face defaults, LayerDrop
+        0.1 and time masking with probability 0.05 of spans of 10 frames (at
+        least ``config.mask_time_min_masks`` spans per utterance).
+
+        Arguments
+        ---------
+        layerdrop : float
+            Probability that a transformer layer (other than the first) is
+            skipped; its hidden state is then its input.
+        mask_time_prob : float
+            SpecAugment: fraction of the frames covered by masked spans (before
+            overlaps), as ``transformers`` defines it; 0 turns it off.
+        mask_time_length : int
+            Frames per masked span.
+        """
+        model = self.ssl_model.model
+        config = model.config
+        if mask_time_prob > 0 and getattr(model, "masked_spec_embed", None) is None:
+            raise ValueError(
+                f"mask_time_prob={mask_time_prob}: the SSL model has no mask embedding (its config has "
+                "mask_time_prob=0 and mask_feature_prob=0), so it cannot apply SpecAugment; set it to 0"
+            )
+        config.layerdrop = layerdrop
+        config.apply_spec_augment = mask_time_prob > 0
+        if mask_time_prob > 0:
+            # A zero here would also drop the mask embedding from models rebuilt
+            # from the saved config (inference), so "off" is apply_spec_augment.
+            config.mask_time_prob = mask_time_prob
+            config.mask_time_length = mask_time_length
+        self.set_ssl_frozen(self.frozen)
 
     def set_ssl_frozen(self, frozen: bool) -> None:
         """Freezes (stage 1) or unfreezes (stage 2) the SSL model at run time.
@@ -157,10 +198,47 @@ class SSLSpeakerEncoder(nn.Module):
         counts = self.ssl_model.model._get_feat_extract_output_lengths(samples)
         return counts.float().clamp(min=1) / frames
 
+    def _run_ssl(self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor]) -> torch.Tensor:
+        """(L, B, T, D) states of one call of the HF model, as transformers 4.x returns them.
+
+        Forward hooks record the input of the first layer and the output of
+        each other layer but the last; a layer that LayerDrop skipped records
+        nothing and its state repeats the previous one. The last state is the
+        model's ``last_hidden_state``, which the wrapper returns.
+        """
+        layers = self.ssl_model.model.encoder.layers
+        first_input: List[torch.Tensor] = []
+        outputs: Dict[int, torch.Tensor] = {}
+
+        def record_input(module, args, kwargs):
+            first_input.append(args[0] if args else kwargs["hidden_states"])
+
+        def record_output(index):
+            def hook(module, args, output):
+                # transformers 4.x layers return tuples, some 5.x layers the tensor.
+                outputs[index] = output[0] if isinstance(output, tuple) else output
+
+            return hook
+
+        # Registered per call, so copies of the module (e.g. for model
+        # averaging) never share a recorder.
+        handles = [layers[0].register_forward_pre_hook(record_input, with_kwargs=True)]
+        handles += [layer.register_forward_hook(record_output(i)) for i, layer in enumerate(layers[:-1])]
+        try:
+            last = self.ssl_model(wavs, wav_lens)
+        finally:
+            for handle in handles:
+                handle.remove()
+        states = first_input[:1]
+        for index in range(len(layers) - 1):
+            states.append(outputs.get(index, states[-1]))
+        states.append(last)
+        return torch.stack(states)
+
     def hidden_states(
         self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """All hidden states of the SSL model, (L, B, T, D).
+        """All hidden states of the SSL model, (L, B, T, D), the last being ``last_hidden_state``.
 
         Padded frames are not zeroed; the backend masks them by length.
 
@@ -178,9 +256,9 @@ class SSLSpeakerEncoder(nn.Module):
         """
         padded = wav_lens is not None and bool((torch.round(wav_lens * wavs.shape[1]) < wavs.shape[1]).any())
         if not (padded and self.pads_by_group_norm):
-            return self.ssl_model(wavs, wav_lens)
+            return self._run_ssl(wavs, wav_lens)
         samples = torch.round(wav_lens * wavs.shape[1]).long().tolist()
-        per_utterance = [self.ssl_model(wav[None, :count]) for wav, count in zip(wavs, samples)]
+        per_utterance = [self._run_ssl(wav[None, :count], None) for wav, count in zip(wavs, samples)]
         frames = max(states.shape[2] for states in per_utterance)
         return torch.cat(
             [F.pad(states, (0, 0, 0, frames - states.shape[2])) for states in per_utterance],

@@ -17,6 +17,13 @@ class SubCenterClassifier(Classifier):
     ``c * K + k`` is sub-centre k of class c) and returns, for each class, the
     largest cosine over its sub-centres.
 
+    The weights are initialised as the reference's (K, E, classes) tensor:
+    Xavier-uniform over that 3-d shape, whose fans (E x classes in, K x classes
+    out) make each sub-centre about 8x shorter than Xavier over the 2-d matrix
+    that ``Classifier`` draws (norm ~0.0105 instead of ~0.084 for E = 192,
+    17,982 classes, K = 3). Only directions enter the cosines, but the norm
+    sets how far each Adam step turns a centre.
+
     Arguments
     ---------
     input_size : int
@@ -40,6 +47,11 @@ class SubCenterClassifier(Classifier):
         super().__init__(input_size, out_neurons=out_neurons * num_subcenters)
         self.out_neurons = out_neurons
         self.num_subcenters = num_subcenters
+        reference = torch.empty(num_subcenters, input_size, out_neurons)
+        torch.nn.init.xavier_uniform_(reference)
+        # Sub-centre k of class c (column c of slice k) -> row c * K + k.
+        with torch.no_grad():
+            self.weight.copy_(reference.permute(2, 0, 1).reshape(out_neurons * num_subcenters, input_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine to the nearest sub-centre of each class.

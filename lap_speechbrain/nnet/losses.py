@@ -7,21 +7,23 @@ Authors
 import math
 
 import torch
-from speechbrain.nnet.losses import AdditiveAngularMargin
+from speechbrain.nnet.losses import AngularMargin
 
 # Cosines are clamped this far inside [-1, 1] so sqrt(1 - cos^2) and its
 # gradient stay finite.
 COSINE_CLAMP = 1e-7
 
 
-class AdditiveAngularMarginInterTopK(AdditiveAngularMargin):
+class AdditiveAngularMarginInterTopK(AngularMargin):
     """AAM-softmax logits with Inter-TopK penalty (docs/lap_spec.md section 4).
 
     SpeechBrain's ``AdditiveAngularMargin`` computes cos(m), sin(m) and its
     fallback constants once at construction, so the margin cannot follow a
-    schedule; this subclass derives them from ``self.margin`` on every call and
-    adds the Inter-TopK penalty: the ``top_k`` non-target classes with the
-    largest cosine get cos(theta - m'). ``margin``, ``top_k`` and
+    schedule. This class derives from its parent ``AngularMargin`` (which only
+    stores ``margin`` and ``scale``), so no constant computed from a past
+    margin exists: every call derives them from ``self.margin``. It adds the
+    Inter-TopK penalty: the ``top_k`` non-target classes with the largest
+    cosine get cos(theta - m'). ``margin``, ``top_k`` and
     ``top_k_penalty`` are plain attributes that a scheduler may change at any
     step. Everything is computed in fp32, outside autocast. Wrap it in
     SpeechBrain's ``LogSoftmaxWrapper`` to get the cross-entropy.
