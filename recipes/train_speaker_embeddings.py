@@ -18,6 +18,7 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import functools
 import sys
 from pathlib import Path
 
@@ -33,7 +34,13 @@ from lap_speechbrain.data import (
 from lap_speechbrain.demo.finish import mfcc_baseline_results, verify_examples
 from lap_speechbrain.demo.synthetic import prepare_synthetic_corpus
 from lap_speechbrain.export.folder import export_training_output
-from lap_speechbrain.scoring import evaluate_model, markdown_table
+from lap_speechbrain.inference import load_audio, load_encoder
+from lap_speechbrain.scoring import (
+    encoder_embedding_fn,
+    markdown_table,
+    model_fingerprint,
+    run_verification,
+)
 from lap_speechbrain.training.stages import run_stages
 
 NOISE_KINDS = ("noise", "music", "babble", "rir")
@@ -123,8 +130,19 @@ def finish(hparams: dict, run_opts: dict) -> None:
     outputs = {"training log": hparams["train_log"], "trained model": f"{hparams['save_folder']}/model"}
     evaluation = hparams["evaluation"]
     if evaluation:
+        # The section's keys are run_verification's keyword arguments, as in
+        # hparams/verification.yaml, plus where the model is exported to load it.
+        settings = dict(evaluation)
         device = run_opts.get("device") or "cpu"
-        results = evaluate_model(hparams["output_folder"], evaluation, device=device)
+        encoder = load_encoder(hparams["output_folder"], savedir=settings.pop("pretrained_savedir"), device=device)
+        results = run_verification(
+            encoder_embedding_fn(encoder),
+            functools.partial(load_audio, target_sample_rate=settings["sample_rate"]),
+            cache_key=model_fingerprint(encoder),
+            model=hparams["output_folder"],
+            device=device,
+            **settings,
+        )
         print(markdown_table(results, evaluation["p_targets"]))
         outputs["evaluation"] = f"{evaluation['output_folder']}/results.md"
         if hparams["mfcc_baseline"]:
@@ -149,7 +167,9 @@ def finish(hparams: dict, run_opts: dict) -> None:
             hparams["export_folder"], trial_list, evaluation["data_folder"], hparams["verify_examples"]
         ):
             truth = "same speaker" if label else "different speakers"
-            print(f"verify_files {enrol} {test}: score {score:.3f}, decision {same} ({truth})")
+            decided = "same speaker" if same else "different speakers"
+            verdict = "right" if same == bool(label) else "wrong"
+            print(f"verify_files {enrol} {test}: score {score:.3f}, decided {decided}: {verdict} ({truth})")
     print("Outputs:")
     for name, path in outputs.items():
         print(f"  {name}: {path}")
