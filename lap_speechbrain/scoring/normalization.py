@@ -241,6 +241,8 @@ def top_n_stats(
             f"top_n must be between 1 and the cohort size ({size}"
             f"{f' minus {excluded} excluded' if excluded else ''}), got {top_n}"
         )
+    if top_n <= correction:
+        raise ValueError(f"top_n={top_n} leaves no degree of freedom for a std with correction={correction}")
     if exclude is not None:
         exclude = np.asarray(exclude, dtype=np.int64)
         if exclude.shape[0] != embeddings.shape[0]:
@@ -249,15 +251,24 @@ def top_n_stats(
             )
     means = np.empty(embeddings.shape[0], dtype=np.float64)
     stds = np.empty(embeddings.shape[0], dtype=np.float64)
+    # One score buffer for all chunks, partitioned in place: no 2 x chunk x S
+    # fresh allocations per chunk.
+    buffer = np.empty((min(chunk_size, embeddings.shape[0]), size), dtype=np.float32)
     for start in range(0, embeddings.shape[0], chunk_size):
-        stop = start + chunk_size
-        scores = embeddings[start:stop] @ cohort.T
+        rows = embeddings[start : start + chunk_size]
+        scores = buffer[: rows.shape[0]]
+        np.matmul(rows, cohort.T, out=scores)
         if exclude is not None:
-            np.put_along_axis(scores, exclude[start:stop], -np.inf, axis=1)
-        top = np.partition(scores, size - top_n, axis=1)[:, size - top_n :]
+            np.put_along_axis(scores, exclude[start : start + chunk_size], -np.inf, axis=1)
+        scores.partition(size - top_n, axis=1)
+        top = scores[:, size - top_n :]
         # Sums in float64: N = 600 float32 terms would lose about 1e-6.
-        means[start:stop] = top.mean(axis=1, dtype=np.float64)
-        stds[start:stop] = top.std(axis=1, ddof=correction, dtype=np.float64)
+        total = top.sum(axis=1, dtype=np.float64)
+        squares = np.einsum("ij,ij->i", top, top, dtype=np.float64)
+        mean = total / top_n
+        means[start : start + chunk_size] = mean
+        variance = (squares - total * mean) / (top_n - correction)
+        stds[start : start + chunk_size] = np.sqrt(np.maximum(variance, 0.0))
     return means, stds
 
 
