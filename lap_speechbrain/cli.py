@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(one path per line, relative to the list's folder)")
     embed.add_argument("--out", required=True, help="output .pt: {'paths', 'embeddings' (N, E)}")
     embed.add_argument("--batch-size", type=int, default=8,
-                       help="utterances per batch, sorted by length (default: 8)")
+                       help="utterances per batch, grouped by length (default: 8)")
+    embed.add_argument("--max-batch-seconds", type=float, default=600.0,
+                       help="padded seconds of audio per batch (default: 600)")
     embed.add_argument("--normalize", action="store_true",
                        help="subtract the stored training-set mean embedding")
     _model_arguments(embed)
@@ -155,32 +157,40 @@ def audio_inputs(source: str) -> List[Path]:
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    """Embeds files in length-sorted padded batches and saves them."""
+    """Embeds files with the evaluation's extractor (length-grouped padded batches) and saves them."""
+    import functools
+
     import torch
 
     from lap_speechbrain.fileio import atomic_open
+    from lap_speechbrain.inference import load_audio
+    from lap_speechbrain.scoring.embeddings import extract_embeddings
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.max_batch_seconds <= 0:
+        raise CommandError(f"--max-batch-seconds {args.max_batch_seconds}: must be positive")
     files = audio_inputs(args.input)
     model = _load_model(args)
-    waveforms = [_read_audio(model, str(path)) for path in files]
-    order = sorted(range(len(files)), key=lambda i: -waveforms[i].numel())
-    embeddings = [None] * len(files)
-    for start in range(0, len(order), args.batch_size):
-        chunk = order[start : start + args.batch_size]
-        longest = waveforms[chunk[0]].numel()
-        wavs = torch.zeros(len(chunk), longest)
-        for row, index in enumerate(chunk):
-            wavs[row, : waveforms[index].numel()] = waveforms[index]
-        lengths = torch.tensor([waveforms[i].numel() / longest for i in chunk])
-        batch = model.encode_batch(wavs, lengths, normalize=args.normalize).squeeze(1).cpu()
-        for row, index in enumerate(chunk):
-            embeddings[index] = batch[row]
+
+    def embed(wavs: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        return model.encode_batch(wavs, wav_lens, normalize=args.normalize).reshape(wavs.shape[0], -1)
+
+    table = extract_embeddings(
+        # Row numbers as ids: a list file may name one file twice.
+        [(str(row), str(path)) for row, path in enumerate(files)],
+        embed,
+        functools.partial(load_audio, target_sample_rate=model.hparams.sample_rate,
+                          min_samples=model.hparams.min_audio_samples),
+        batch_size=args.batch_size,
+        max_batch_seconds=args.max_batch_seconds,
+        sample_rate=model.hparams.sample_rate,
+        device=args.device,
+    )
     out = Path(args.out)
     with atomic_open(out, "wb") as file:
-        torch.save({"paths": [str(p) for p in files], "embeddings": torch.stack(embeddings)}, file)
-    print(f"{len(files)} embeddings of size {embeddings[0].numel()} -> {out}")
+        torch.save({"paths": [str(p) for p in files], "embeddings": torch.from_numpy(table.embeddings)}, file)
+    print(f"{len(files)} embeddings of size {table.embeddings.shape[1]} -> {out}")
 
 
 def run_export(args: argparse.Namespace) -> None:

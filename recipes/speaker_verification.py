@@ -3,8 +3,10 @@
 
 Embeds every utterance of the trial lists (and of the training cohort) once,
 then reports EER and minDCF (p_target 0.01 and 0.05) for cosine, AS-Norm and
-AS-Norm + QMF scoring on each list: ``results.md``, ``results.json`` and
-``det_<list>.png`` in the output folder. See docs/lap_spec.md section 6 and
+AS-Norm + QMF scoring on each list: ``results.md``, ``results.json``,
+``run_info.json`` and ``det_<list>.png`` in the output folder. ``protocol``
+chooses the project's default scoring or the authors' reference evaluation
+(:mod:`lap_speechbrain.scoring.protocol`). See docs/lap_spec.md section 6 and
 :func:`lap_speechbrain.scoring.run_verification`.
 
 To run::
@@ -17,12 +19,19 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import functools
 import sys
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
-from lap_speechbrain.scoring import evaluate_model, markdown_table
+from lap_speechbrain.inference import load_audio, load_encoder
+from lap_speechbrain.scoring import (
+    encoder_embedding_fn,
+    markdown_table,
+    model_fingerprint,
+    run_verification,
+)
 
 
 def main(argv):
@@ -35,7 +44,35 @@ def main(argv):
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
-    results = evaluate_model(hparams["model"], hparams, device=run_opts.get("device") or "cpu")
+    device = run_opts.get("device") or "cpu"
+    encoder = load_encoder(hparams["model"], savedir=hparams["pretrained_savedir"], device=device)
+    results = run_verification(
+        encoder_embedding_fn(encoder),
+        functools.partial(load_audio, target_sample_rate=hparams["sample_rate"]),
+        # The weights actually loaded key the embedding cache and run_info.json.
+        cache_key=model_fingerprint(encoder),
+        model=hparams["model"],
+        trial_lists=hparams["trial_lists"],
+        data_folder=hparams["data_folder"],
+        output_folder=hparams["output_folder"],
+        protocol=hparams["protocol"],
+        cohort_csv=hparams["cohort_csv"],
+        cohort_utterances_per_speaker=hparams["cohort_utterances_per_speaker"],
+        top_n=hparams["top_n"],
+        qmf_pairs=hparams["qmf_pairs"],
+        qmf_regularization=hparams["qmf_regularization"],
+        qmf_max_iter=hparams["qmf_max_iter"],
+        qmf_calibration=hparams["qmf_calibration"],
+        p_targets=hparams["p_targets"],
+        as_norm_chunk_size=hparams["as_norm_chunk_size"],
+        seed=hparams["seed"],
+        batch_size=hparams["batch_size"],
+        max_batch_seconds=hparams["max_batch_seconds"],
+        max_chunk_seconds=hparams["max_chunk_seconds"],
+        num_workers=hparams["num_workers"],
+        sample_rate=hparams["sample_rate"],
+        device=device,
+    )
     print(markdown_table(results, hparams["p_targets"]))
 
 

@@ -26,6 +26,7 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import functools
 import gc
 import logging
 import sys
@@ -41,19 +42,30 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from torch.nn.parallel import DistributedDataParallel
 
-from lap_speechbrain.data import prepare_custom_corpus, prepare_noise_csvs, prepare_voxceleb
+from lap_speechbrain.data import (
+    prepare_custom_corpus,
+    prepare_noise_csvs,
+    prepare_voxceleb,
+)
 from lap_speechbrain.data.pipelines import train_dataset, utterance_id, valid_dataset
 from lap_speechbrain.demo.finish import mfcc_baseline_results, verify_examples
 from lap_speechbrain.demo.synthetic import prepare_synthetic_corpus
 from lap_speechbrain.export.folder import export_model, export_training_output
-from lap_speechbrain.fileio import FolderLock, remove_stale_temporaries, reporting_full_disk
+from lap_speechbrain.fileio import (
+    FolderLock,
+    remove_stale_temporaries,
+    reporting_full_disk,
+)
+from lap_speechbrain.inference import load_audio, load_encoder
 from lap_speechbrain.scoring import (
     Trials,
     compute_eer,
     cosine_scores,
-    evaluate_model,
+    encoder_embedding_fn,
     markdown_table,
+    model_fingerprint,
     read_trials,
+    run_verification,
 )
 from lap_speechbrain.training.checkpoints import AtomicCheckpointer
 from lap_speechbrain.training.settings import check_override_keys
@@ -683,14 +695,25 @@ def save_model(out_dir: Path, hparams: dict, records: List[dict], speakers: List
         )
 
 
-def finish(hparams: dict, run_opts: dict, records: List[dict], speakers: List[str]) -> None:
+def finish(hparams: dict, run_opts: dict) -> None:
     """The optional steps after training: evaluate, compare, export, verify, summarise."""
     model_folder = Path(hparams["output_folder"]) / MODEL_FOLDER
     outputs = {"training log": hparams["train_log"], "trained model": str(model_folder)}
     evaluation = hparams["evaluation"]
     if evaluation:
+        # The section's keys are run_verification's keyword arguments, as in
+        # hparams/verification.yaml, plus where a hub model would be fetched to.
+        settings = dict(evaluation)
         device = run_opts.get("device") or "cpu"
-        results = evaluate_model(str(model_folder), evaluation, device=device)
+        encoder = load_encoder(hparams["output_folder"], savedir=settings.pop("pretrained_savedir"), device=device)
+        results = run_verification(
+            encoder_embedding_fn(encoder),
+            functools.partial(load_audio, target_sample_rate=settings["sample_rate"]),
+            cache_key=model_fingerprint(encoder),
+            model=hparams["output_folder"],
+            device=device,
+            **settings,
+        )
         print(markdown_table(results, evaluation["p_targets"]))
         outputs["evaluation"] = f"{evaluation['output_folder']}/results.md"
         if hparams["mfcc_baseline"]:
@@ -711,7 +734,9 @@ def finish(hparams: dict, run_opts: dict, records: List[dict], speakers: List[st
             hparams["export_folder"], trial_list, evaluation["data_folder"], hparams["verify_examples"]
         ):
             truth = "same speaker" if label else "different speakers"
-            print(f"verify_files {enrol} {test}: score {score:.3f}, decision {same} ({truth})")
+            decided = "same speaker" if same else "different speakers"
+            verdict = "right" if same == bool(label) else "wrong"
+            print(f"verify_files {enrol} {test}: score {score:.3f}, decided {decided}: {verdict} ({truth})")
     print("Outputs:")
     for name, path in outputs.items():
         print(f"  {name}: {path}")
@@ -740,4 +765,4 @@ if __name__ == "__main__":
     records, speakers = run_stages(hparams, run_opts, data, make_augmentation(hparams, noise_csvs))
     run_on_main(save_model, args=[Path(hparams["output_folder"]) / MODEL_FOLDER, hparams, records, speakers])
     if if_main_process():
-        finish(hparams, run_opts, records, speakers)
+        finish(hparams, run_opts)

@@ -2,16 +2,22 @@
 
 - All files are checked before any embedding work: missing and unreadable
   files are reported together in one error.
-- Utterances are sorted by duration and grouped into batches of similar
-  length (at most ``batch_size`` utterances and ``max_batch_seconds`` of
-  padded audio), so padding stays small; relative lengths are passed to the
-  model. The next batch is read from disk while the model runs.
+- Batching is SpeechBrain's: a ``DynamicItemDataset`` reads the audio (in
+  ``num_workers`` DataLoader worker processes, while the model runs), a
+  ``DynamicBatchSampler`` groups utterances of similar duration (buckets
+  whose edges are a factor :data:`BUCKET_RATIO` apart, longest first; at most
+  ``batch_size`` utterances and ``max_batch_seconds`` of padded audio per
+  batch) and ``PaddedBatch`` pads them and gives the relative lengths that
+  the model receives.
 - Finished embeddings are written to ``cache_dir`` as shards (one ``.npz``
   per ``shard_size`` utterances, each written to a temporary file and renamed),
   so a rerun, or a run after a crash, only embeds what is not there yet.
-  ``cache_dir/meta.json`` records what the cache was made with (a caller's
-  key such as the model source, the sample rate and the chunking rule); a
-  mismatch is an error rather than silently mixing embeddings.
+  Entries are keyed by the audio's identity: its resolved path, size and
+  modification time (:func:`audio_identity`), so another data folder, a
+  replaced file or a touched file is embedded again, never served from an
+  older entry. ``cache_dir/meta.json`` records what the cache was made with
+  (a caller's model key, the sample rate and the chunking rule); a mismatch
+  is an error rather than silently mixing embeddings.
 - Chunking rule for very long files: with ``max_chunk_seconds`` set, an
   utterance longer than that is cut into ``n = ceil(duration /
   max_chunk_seconds)`` consecutive chunks of equal length (the < n samples
@@ -19,22 +25,27 @@
   padding, and the utterance's embedding is the mean of the chunk
   embeddings. ``None`` embeds every utterance at full length (docs/lap_spec.md
   section 6).
+- Audio with NaN or infinite samples, and a non-finite embedding, stop the
+  run with an error naming the file: nothing non-finite reaches the cache.
 
 Authors
  * lap-speechbrain contributors 2026
 """
 
+import functools
 import json
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from speechbrain.utils.data_utils import batch_pad_right
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.sampler import DynamicBatchSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lap_speechbrain.data.manifest import probe_audio
@@ -43,9 +54,16 @@ from lap_speechbrain.fileio import atomic_open
 EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LoadFn = Callable[[str], torch.Tensor]
 
+# Duration ratio between neighbouring bucket edges: at most 25 % padding in a batch.
+BUCKET_RATIO = 1.25
+
 
 class MissingAudioError(ValueError):
     """Some utterances to embed are missing or unreadable; all are listed."""
+
+
+class NonFiniteError(ValueError):
+    """Audio samples or an embedding are NaN or infinite; the message names the file."""
 
 
 @dataclass
@@ -84,6 +102,31 @@ class EmbeddingTable:
         if missing:
             raise KeyError(f"{len(missing)} ids are not in the table, e.g. {missing[:3]}")
         return np.fromiter((position[utt] for utt in ids), dtype=np.int64, count=len(ids))
+
+
+def audio_identity(path: Union[str, Path]) -> str:
+    """What a cached embedding of ``path`` is valid for: resolved path, size, mtime.
+
+    Arguments
+    ---------
+    path : str or Path
+        An existing audio file.
+
+    Returns
+    -------
+    str
+        ``"<resolved path>|<size in bytes>|<mtime in ns>"``.
+
+    Example
+    -------
+    >>> path = Path(str(getfixture("tmpdir"))) / "a.wav"
+    >>> _ = path.write_bytes(b"RIFF")
+    >>> audio_identity(path).split("|")[1]
+    '4'
+    """
+    resolved = os.path.realpath(path)
+    stat = os.stat(resolved)
+    return f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def check_audio_files(
@@ -131,61 +174,34 @@ def check_audio_files(
     return np.asarray([found[str(Path(path))] for path in paths], dtype=np.float64)
 
 
-def plan_batches(
-    durations: Sequence[float],
-    batch_size: int,
-    max_batch_seconds: float,
-    max_chunk_seconds: Optional[float] = None,
-) -> List[List[int]]:
-    """Groups utterances into batches of similar length, longest first.
+def bucket_edges(durations: Sequence[float], longest: Optional[float] = None) -> List[float]:
+    """Upper edges of the duration buckets of ``DynamicBatchSampler``, ascending.
 
-    A batch holds at most ``batch_size`` utterances and at most
-    ``max_batch_seconds`` of padded audio (count x longest); an utterance
-    longer than ``max_chunk_seconds`` gets a batch of its own (it is chunked).
+    Neighbouring edges are :data:`BUCKET_RATIO` apart, from ``longest``
+    (default: the longest duration) down to the shortest duration; longer
+    utterances fall in SpeechBrain's last bucket, of batch size 1.
 
     Arguments
     ---------
     durations : sequence of float
         (N,) durations in seconds.
-    batch_size : int
-        Most utterances per batch.
-    max_batch_seconds : float
-        Most padded seconds per batch (a single longer utterance still runs).
-    max_chunk_seconds : float, optional
-        Utterances longer than this are embedded alone, in chunks.
+    longest : float, optional
+        The top edge.
 
     Returns
     -------
-    list of list of int
-        Indices into ``durations``, one list per batch.
+    list of float
+        The edges.
 
     Example
     -------
-    >>> plan_batches([1.0, 9.0, 2.0, 8.0, 3.0], batch_size=2, max_batch_seconds=100)
-    [[1, 3], [4, 2], [0]]
-    >>> plan_batches([1.0, 9.0, 2.0, 8.0, 3.0], batch_size=4, max_batch_seconds=10,
-    ...              max_chunk_seconds=8.5)
-    [[1], [3], [4, 2, 0]]
+    >>> [round(edge, 3) for edge in bucket_edges([1.0, 1.5, 2.0])]
+    [0.819, 1.024, 1.28, 1.6, 2.0]
     """
-    order = np.argsort(-np.asarray(durations, dtype=np.float64), kind="stable")
-    batches: List[List[int]] = []
-    current: List[int] = []
-    for index in order.tolist():
-        duration = durations[index]
-        if max_chunk_seconds is not None and duration > max_chunk_seconds:
-            batches.append([index])
-            continue
-        # Sorted longest first, so the batch's first utterance sets its padded length.
-        longest = durations[current[0]] if current else duration
-        if current and (
-            len(current) >= batch_size or (len(current) + 1) * longest > max_batch_seconds
-        ):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
+    top = max(durations) if longest is None else longest
+    bottom = max(min(durations), 1e-3)
+    count = max(0, math.ceil(math.log(top / bottom) / math.log(BUCKET_RATIO))) if top > bottom else 0
+    return [top / BUCKET_RATIO**k for k in range(count, -1, -1)]
 
 
 def chunk_waveform(wav: torch.Tensor, max_samples: int) -> torch.Tensor:
@@ -214,7 +230,7 @@ def chunk_waveform(wav: torch.Tensor, max_samples: int) -> torch.Tensor:
 
 
 class EmbeddingCache:
-    """Shards of finished embeddings in a folder (see the module docstring).
+    """Shards of finished embeddings in a folder, keyed by :func:`audio_identity`.
 
     Arguments
     ---------
@@ -242,55 +258,81 @@ class EmbeddingCache:
         self.shards = sorted(self.folder.glob("shard-*.npz"))
 
     def load(self) -> Dict[str, np.ndarray]:
-        """Every cached embedding: id -> (E,) embedding."""
+        """Every cached embedding: audio identity -> (E,) embedding."""
         cached: Dict[str, np.ndarray] = {}
         for shard in self.shards:
             with np.load(shard) as data:
-                cached.update(zip(data["ids"].tolist(), data["embeddings"]))
+                identities = [key.decode() for key in data["identities"].tolist()]
+                cached.update(zip(identities, data["embeddings"]))
         return cached
 
-    def write(self, ids: List[str], embeddings: np.ndarray) -> None:
-        """Adds one shard of (len(ids), E) embeddings, atomically."""
+    def write(self, identities: List[str], embeddings: np.ndarray) -> None:
+        """Adds one shard of (len(identities), E) embeddings, atomically."""
         number = int(self.shards[-1].stem.split("-")[1]) + 1 if self.shards else 0
         path = self.folder / f"shard-{number:06d}.npz"
         with atomic_open(path, "wb") as handle:
             np.savez(
                 handle,
-                ids=np.asarray(ids, dtype=str),
+                identities=np.asarray([key.encode() for key in identities], dtype=bytes),
                 embeddings=embeddings.astype(np.float32),
             )
         self.shards.append(path)
 
 
-def _default_loader(sample_rate: int) -> LoadFn:
-    # Imported here: the inference package is optional for callers that pass a loader.
-    from lap_speechbrain.inference.audio import load_audio
+def read_finite(path: str, load: LoadFn) -> torch.Tensor:
+    """``load(path)``, refusing NaN or infinite samples.
 
-    return lambda path: load_audio(path, target_sample_rate=sample_rate)
+    Arguments
+    ---------
+    path : str
+        Audio file.
+    load : callable
+        ``load(path) -> (N,) float tensor``.
+
+    Returns
+    -------
+    torch.Tensor
+        (N,) the waveform.
+
+    Raises
+    ------
+    NonFiniteError
+        Naming the file and the number of bad samples.
+    """
+    wav = load(path)
+    bad = int((~torch.isfinite(wav)).sum())
+    if bad:
+        raise NonFiniteError(f"{path}: {bad} of {wav.numel()} samples are NaN or infinite")
+    return wav
 
 
 def _flush(
-    cache: EmbeddingCache, done: Dict[str, np.ndarray], ids: List[str], outputs: List[np.ndarray]
+    cache: Optional[EmbeddingCache],
+    done: Dict[str, np.ndarray],
+    identities: List[str],
+    outputs: List[np.ndarray],
 ) -> None:
-    """Writes finished embeddings to the cache and records them as done."""
+    """Writes finished embeddings to the cache (if any) and records them as done."""
     embeddings = np.concatenate(outputs)
-    cache.write(ids, embeddings)
-    done.update(zip(ids, embeddings))
+    if cache is not None:
+        cache.write(identities, embeddings)
+    done.update(zip(identities, embeddings))
 
 
 @torch.no_grad()
 def extract_embeddings(
     utterances: Sequence[Tuple[str, str]],
     embed: EmbedFn,
-    cache_dir: Union[str, Path],
-    cache_key: str,
+    load: LoadFn,
+    cache_dir: Optional[Union[str, Path]] = None,
+    cache_key: Optional[str] = None,
     batch_size: int = 16,
     max_batch_seconds: float = 600.0,
     max_chunk_seconds: Optional[float] = None,
     durations: Optional[Sequence[float]] = None,
-    load: Optional[LoadFn] = None,
     sample_rate: int = 16000,
     device: Union[str, torch.device] = "cpu",
+    num_workers: int = 0,
     shard_size: int = 256,
     desc: str = "Embedding",
 ) -> EmbeddingTable:
@@ -303,10 +345,15 @@ def extract_embeddings(
     embed : callable
         ``embed(wavs (B, N), wav_lens (B,)) -> (B, E)`` embeddings; relative
         lengths as in SpeechBrain.
-    cache_dir : str or Path
-        Folder of the cache.
-    cache_key : str
-        Identifies the model (e.g. its source); stored in the cache's meta.
+    load : callable
+        ``load(path) -> (N,) float tensor`` at ``sample_rate`` (e.g.
+        ``functools.partial(lap_speechbrain.inference.load_audio,
+        target_sample_rate=16000)``); it runs in the DataLoader workers.
+    cache_dir : str or Path, optional
+        Folder of the cache; None keeps the embeddings in memory only.
+    cache_key : str, optional
+        Identifies the model (e.g. its weights' fingerprint); stored in the
+        cache's meta. Required with ``cache_dir``.
     batch_size : int
         Most utterances per batch.
     max_batch_seconds : float
@@ -315,13 +362,12 @@ def extract_embeddings(
         Chunking rule for very long files (module docstring); None: full length.
     durations : sequence of float, optional
         Known durations (seconds); otherwise read from the audio headers.
-    load : callable, optional
-        ``load(path) -> (N,) float tensor`` at ``sample_rate``; default
-        ``lap_speechbrain.inference.audio.load_audio``.
     sample_rate : int
-        Sample rate the model expects.
+        Sample rate of the loaded audio.
     device : str or torch.device
         Where the waveforms are sent.
+    num_workers : int
+        DataLoader worker processes reading audio (0: in this process).
     shard_size : int
         Utterances per cache shard (what a crash can lose at most).
     desc : str
@@ -336,58 +382,79 @@ def extract_embeddings(
     ------
     MissingAudioError
         Before any work, listing every missing or unreadable file.
+    NonFiniteError
+        Naming a file with NaN or infinite samples or embedding.
     """
     ids = [utt for utt, _ in utterances]
     if len(set(ids)) != len(ids):
         raise ValueError("utterance ids passed to extract_embeddings must be unique")
+    if cache_dir is not None and cache_key is None:
+        raise ValueError("extract_embeddings needs a cache_key (the model's identity) with cache_dir")
     durations = check_audio_files(utterances, durations)
-    cache = EmbeddingCache(
-        cache_dir,
-        {"key": cache_key, "sample_rate": sample_rate, "max_chunk_seconds": max_chunk_seconds},
-    )
-    done = cache.load()
-    todo = [i for i, utt in enumerate(ids) if utt not in done]
+    identities = [audio_identity(path) for _, path in utterances]
+    cache = None
+    if cache_dir is not None:
+        cache = EmbeddingCache(
+            cache_dir,
+            {"key": cache_key, "sample_rate": sample_rate, "max_chunk_seconds": max_chunk_seconds},
+        )
+    done = cache.load() if cache is not None else {}
+    todo = [i for i, identity in enumerate(identities) if identity not in done]
     if todo:
-        load = load or _default_loader(sample_rate)
+        # Longest first: the sampler keeps dataset order inside each bucket.
+        todo.sort(key=lambda i: -durations[i])
+        dataset = DynamicItemDataset(
+            {str(i): {"path": utterances[i][1]} for i in todo}
+        )
+        dataset.add_dynamic_item(functools.partial(read_finite, load=load), "path", "wav")
+        dataset.set_output_keys(["id", "path", "wav"])
+        todo_durations = [float(durations[i]) for i in todo]
+        sampler = DynamicBatchSampler(
+            dataset,
+            max_batch_length=max_batch_seconds,
+            bucket_boundaries=bucket_edges(todo_durations, max_chunk_seconds),
+            lengths_list=todo_durations,
+            shuffle=False,
+            batch_ordering="descending",
+            max_batch_ex=batch_size,
+        )
+        loader = DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=PaddedBatch, num_workers=num_workers
+        )
         max_chunk_samples = (
             None if max_chunk_seconds is None else int(max_chunk_seconds * sample_rate)
         )
-        batches = plan_batches(durations[todo], batch_size, max_batch_seconds, max_chunk_seconds)
         pending_rows: List[int] = []
         pending: List[np.ndarray] = []
-
-        def read_batch(batch: List[int]) -> List[torch.Tensor]:
-            return [load(utterances[todo[i]][1]) for i in batch]
-
-        # One batch is read ahead in a thread while the model runs on the current one.
-        with ThreadPoolExecutor(max_workers=1) as reader, tqdm(
-            total=len(todo), desc=desc, unit="utt"
-        ) as bar:
-            next_wavs = reader.submit(read_batch, batches[0])
-            for number, batch in enumerate(batches):
-                wavs = next_wavs.result()
-                if number + 1 < len(batches):
-                    next_wavs = reader.submit(read_batch, batches[number + 1])
-                indices = [todo[i] for i in batch]
-                if max_chunk_samples is not None and wavs[0].shape[0] > max_chunk_samples:
+        with tqdm(total=len(todo), desc=desc, unit="utt") as bar:
+            for batch in loader:
+                rows = [int(key) for key in batch.id]
+                wavs, wav_lens = batch.wav
+                # Longer utterances sit alone in the sampler's last bucket.
+                if len(rows) == 1 and max_chunk_samples and wavs.shape[1] > max_chunk_samples:
                     chunks = chunk_waveform(wavs[0], max_chunk_samples).to(device)
                     output = embed(chunks, torch.ones(chunks.shape[0], device=device))
                     output = output.mean(dim=0, keepdim=True)
                 else:
-                    padded, wav_lens = batch_pad_right(wavs)
-                    output = embed(padded.to(device), wav_lens.to(device))
-                if output.ndim != 2 or output.shape[0] != len(indices):
+                    output = embed(wavs.to(device), wav_lens.to(device))
+                if output.ndim != 2 or output.shape[0] != len(rows):
                     raise ValueError(
-                        f"embed must return (batch, embedding_dim) = ({len(indices)}, E), "
+                        f"embed must return (batch, embedding_dim) = ({len(rows)}, E), "
                         f"got {tuple(output.shape)}"
                     )
-                pending_rows.extend(indices)
+                finite = torch.isfinite(output).all(dim=1).tolist()
+                if not all(finite):
+                    bad = [path for path, ok in zip(batch.path, finite) if not ok]
+                    raise NonFiniteError(
+                        f"the model gave a NaN or infinite embedding for {bad}"
+                    )
+                pending_rows.extend(rows)
                 pending.append(output.float().cpu().numpy())
-                bar.update(len(indices))
+                bar.update(len(rows))
                 if len(pending_rows) >= shard_size:
-                    _flush(cache, done, [ids[i] for i in pending_rows], pending)
+                    _flush(cache, done, [identities[i] for i in pending_rows], pending)
                     pending_rows, pending = [], []
         if pending_rows:
-            _flush(cache, done, [ids[i] for i in pending_rows], pending)
-    embeddings = np.stack([done[utt] for utt in ids]).astype(np.float32)
+            _flush(cache, done, [identities[i] for i in pending_rows], pending)
+    embeddings = np.stack([done[identity] for identity in identities]).astype(np.float32)
     return EmbeddingTable(ids, embeddings, durations)

@@ -12,10 +12,12 @@ training set (half of them target pairs):
  7-8  std over dimensions of the raw enrolment, test embedding
 ====  ==========================================
 
-"Raw" means before mean subtraction and length normalisation. Features are
-standardised before the fit (their scales differ by orders of magnitude),
-and the fitted model is stored as plain numbers in JSON, so a saved
-calibration loads without pickle and without scikit-learn's version.
+"Raw" means before mean subtraction and length normalisation. By default
+the features are standardised before the fit (their scales differ by orders
+of magnitude) and the solver is L-BFGS; the reference protocol fits the raw
+features with liblinear, as the authors' code does. The fitted model is
+stored as plain numbers in JSON, so a saved calibration loads without
+pickle and without scikit-learn's version.
 
 Authors
  * lap-speechbrain contributors 2026
@@ -123,7 +125,11 @@ def qmf_features(
 
 
 def sample_training_pairs(
-    speakers, num_pairs: int, seed: int, target_fraction: float = 0.5
+    speakers,
+    num_pairs: int,
+    seed: int,
+    target_fraction: float = 0.5,
+    nontargets_by: str = "utterance",
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draws calibration pairs from labelled training utterances.
 
@@ -141,6 +147,11 @@ def sample_training_pairs(
         Seed of the random generator.
     target_fraction : float
         Share of target pairs.
+    nontargets_by : str
+        ``"utterance"``: both sides of a non-target pair are drawn among all
+        utterances (speakers with many utterances appear more often);
+        ``"speaker"``: two different speakers are drawn, then one utterance
+        of each (the reference's draw).
 
     Returns
     -------
@@ -157,6 +168,8 @@ def sample_training_pairs(
     >>> bool(all((first != second)))
     True
     """
+    if nontargets_by not in ("utterance", "speaker"):
+        raise ValueError(f"nontargets_by must be 'utterance' or 'speaker', got {nontargets_by!r}")
     speakers = np.asarray(speakers, dtype=str)
     names, speaker_index = np.unique(speakers, return_inverse=True)
     if len(names) < 2:
@@ -180,13 +193,22 @@ def sample_training_pairs(
     target_first = order[starts[chosen] + first_pos]
     target_second = order[starts[chosen] + second_pos]
 
-    # Non-target pairs: draw utterances, redraw the second where speakers match.
-    nontarget_first = rng.integers(0, len(speakers), size=num_nontargets)
-    nontarget_second = rng.integers(0, len(speakers), size=num_nontargets)
-    same = speaker_index[nontarget_first] == speaker_index[nontarget_second]
-    while same.any():
-        nontarget_second[same] = rng.integers(0, len(speakers), size=int(same.sum()))
+    if nontargets_by == "speaker":
+        # Two different speakers (the second offset from the first), one utterance each.
+        first_speaker = rng.integers(0, len(names), size=num_nontargets)
+        second_speaker = (first_speaker + rng.integers(1, len(names), size=num_nontargets)) % len(
+            names
+        )
+        nontarget_first = order[starts[first_speaker] + rng.integers(0, counts[first_speaker])]
+        nontarget_second = order[starts[second_speaker] + rng.integers(0, counts[second_speaker])]
+    else:
+        # Draw utterances, redraw the second where speakers match.
+        nontarget_first = rng.integers(0, len(speakers), size=num_nontargets)
+        nontarget_second = rng.integers(0, len(speakers), size=num_nontargets)
         same = speaker_index[nontarget_first] == speaker_index[nontarget_second]
+        while same.any():
+            nontarget_second[same] = rng.integers(0, len(speakers), size=int(same.sum()))
+            same = speaker_index[nontarget_first] == speaker_index[nontarget_second]
 
     first = np.concatenate([target_first, nontarget_first])
     second = np.concatenate([target_second, nontarget_second])
@@ -206,6 +228,10 @@ class QMFCalibrator:
         Iterations of the solver.
     seed : int
         ``random_state`` of the solver.
+    solver : str
+        ``solver`` of ``LogisticRegression`` (``"lbfgs"``, ``"liblinear"``, ...).
+    standardize : bool
+        Whether the features are standardised before the fit.
 
     Example
     -------
@@ -217,10 +243,19 @@ class QMFCalibrator:
     (100,)
     """
 
-    def __init__(self, regularization: float = 1.0, max_iter: int = 1000, seed: int = 0):
+    def __init__(
+        self,
+        regularization: float = 1.0,
+        max_iter: int = 1000,
+        seed: int = 0,
+        solver: str = "lbfgs",
+        standardize: bool = True,
+    ):
         self.regularization = regularization
         self.max_iter = max_iter
         self.seed = seed
+        self.solver = solver
+        self.standardize = standardize
         self.mean: Optional[np.ndarray] = None
         self.scale: Optional[np.ndarray] = None
         self.weights: Optional[np.ndarray] = None
@@ -249,12 +284,18 @@ class QMFCalibrator:
             )
         if set(np.unique(labels).tolist()) != {0, 1}:
             raise ValueError("QMF training pairs need both target and non-target pairs")
-        scaler = StandardScaler().fit(features)
+        if self.standardize:
+            scaler = StandardScaler().fit(features)
+            self.mean, self.scale = scaler.mean_, scaler.scale_
+        else:
+            self.mean, self.scale = np.zeros(features.shape[1]), np.ones(features.shape[1])
         model = LogisticRegression(
-            C=self.regularization, max_iter=self.max_iter, random_state=self.seed
+            C=self.regularization,
+            max_iter=self.max_iter,
+            random_state=self.seed,
+            solver=self.solver,
         )
-        model.fit(scaler.transform(features), labels)
-        self.mean, self.scale = scaler.mean_, scaler.scale_
+        model.fit((features - self.mean) / self.scale, labels)
         self.weights, self.bias = model.coef_[0], float(model.intercept_[0])
         return self
 
@@ -269,7 +310,8 @@ class QMFCalibrator:
         Returns
         -------
         np.ndarray
-            (T,) calibrated scores.
+            (T,) calibrated scores (the log-odds: the reference ranks trials by
+            ``predict_proba``, the same order without its saturation at 0 and 1).
         """
         if self.weights is None:
             raise RuntimeError("QMFCalibrator.score called before fit or load")
@@ -294,6 +336,8 @@ class QMFCalibrator:
             "regularization": self.regularization,
             "max_iter": self.max_iter,
             "seed": self.seed,
+            "solver": self.solver,
+            "standardize": self.standardize,
         }
         with atomic_open(path) as out:
             json.dump(state, out, indent=2)
@@ -318,7 +362,21 @@ class QMFCalibrator:
             raise ValueError(
                 f"{path} is not a QMF calibration with the features {list(FEATURE_NAMES)}"
             )
-        calibrator = cls(state["regularization"], state["max_iter"], state["seed"])
+        missing = [
+            key
+            for key in ("mean", "scale", "weights", "bias", "regularization", "max_iter", "seed",
+                        "solver", "standardize")
+            if key not in state
+        ]
+        if missing:
+            raise ValueError(f"{path}: QMF calibration without {missing}; fit a new one")
+        calibrator = cls(
+            state["regularization"],
+            state["max_iter"],
+            state["seed"],
+            state["solver"],
+            state["standardize"],
+        )
         calibrator.mean = np.asarray(state["mean"])
         calibrator.scale = np.asarray(state["scale"])
         calibrator.weights = np.asarray(state["weights"])

@@ -6,7 +6,7 @@ Authors
 
 import json
 from pathlib import Path
-from typing import Dict, Mapping, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -15,11 +15,11 @@ from scipy.stats import norm
 
 from lap_speechbrain.fileio import atomic_open
 from lap_speechbrain.scoring.metrics import (
-    compute_eer,
     det_curve,
     eer_from_counts,
     error_counts,
     min_dcf_from_counts,
+    reference_eer,
 )
 
 # results[trial list][scoring condition][metric name] = value
@@ -38,7 +38,7 @@ def dcf_key(p_target: float) -> str:
 
 
 def evaluate_scores(
-    scores, labels, p_targets: Sequence[float] = (0.01, 0.05)
+    scores, labels, p_targets: Sequence[float] = (0.01, 0.05), eer_rule: str = "mean"
 ) -> Dict[str, float]:
     """EER and normalised minDCF at each ``p_target`` for one set of scores.
 
@@ -50,6 +50,9 @@ def evaluate_scores(
         (T,) 0/1 labels.
     p_targets : sequence of float
         Target priors of the minDCFs.
+    eer_rule : str
+        ``"mean"``: :func:`~lap_speechbrain.scoring.metrics.compute_eer`;
+        ``"max"``: :func:`~lap_speechbrain.scoring.metrics.reference_eer`.
 
     Returns
     -------
@@ -61,8 +64,10 @@ def evaluate_scores(
     >>> evaluate_scores([0.1, 0.3, 0.2, 0.9], [0, 0, 1, 1], p_targets=[0.05])
     {'eer': 0.5, 'eer_threshold': 0.25, 'min_dcf_0.05': 0.5}
     """
+    if eer_rule not in ("mean", "max"):
+        raise ValueError(f"eer_rule must be 'mean' or 'max', got {eer_rule!r}")
     counts = error_counts(scores, labels)  # one sort for every metric
-    eer, threshold = eer_from_counts(counts)
+    eer, threshold = eer_from_counts(counts) if eer_rule == "mean" else reference_eer(scores, labels)
     metrics = {"eer": eer, "eer_threshold": threshold}
     for p_target in p_targets:
         metrics[dcf_key(p_target)] = min_dcf_from_counts(counts, p_target)[0]
@@ -146,7 +151,8 @@ def write_results(
     results: Results,
     output_folder: Union[str, Path],
     p_targets: Sequence[float],
-    run_info: Mapping[str, object] = None,
+    run_info: Optional[Mapping[str, object]] = None,
+    heading: Optional[str] = None,
 ) -> Tuple[Path, Path]:
     """Writes ``results.md``, ``results.json`` and, if given, ``run_info.json`` (atomically).
 
@@ -164,6 +170,8 @@ def write_results(
         The minDCF priors shown in the table.
     run_info : mapping, optional
         Facts about the run (model, trial lists, cohort, sizes).
+    heading : str, optional
+        A line written above the table in ``results.md`` (e.g. the protocol).
 
     Returns
     -------
@@ -174,6 +182,8 @@ def write_results(
     markdown_path = output_folder / "results.md"
     json_path = output_folder / "results.json"
     with atomic_open(markdown_path) as handle:
+        if heading:
+            handle.write(heading + "\n\n")
         handle.write(markdown_table(results, p_targets) + "\n")
     with atomic_open(json_path) as handle:
         json.dump(results, handle, indent=2)
@@ -185,6 +195,7 @@ def write_results(
 
 def plot_det(
     curves: Mapping[str, Tuple[np.ndarray, np.ndarray]],
+    eers: Mapping[str, float],
     path: Union[str, Path],
     title: str,
 ) -> Path:
@@ -194,6 +205,8 @@ def plot_det(
     ---------
     curves : mapping
         ``condition -> (scores, labels)``, one curve each.
+    eers : mapping
+        ``condition -> EER`` (fraction) shown in the legend, as reported.
     path : str or Path
         The PNG file.
     title : str
@@ -212,11 +225,10 @@ def plot_det(
     clip = (ticks[0] / 2, 1 - ticks[0] / 2)
     for condition, (scores, labels) in curves.items():
         p_miss, p_fa, _ = det_curve(scores, labels)
-        eer = compute_eer(scores, labels)[0]
         axes.plot(
             norm.ppf(np.clip(p_fa, *clip)),
             norm.ppf(np.clip(p_miss, *clip)),
-            label=f"{condition} (EER {100 * eer:.2f} %)",
+            label=f"{condition} (EER {100 * eers[condition]:.2f} %)",
         )
     positions = norm.ppf(ticks)
     labels_text = [f"{100 * t:g}" for t in ticks]

@@ -1,10 +1,13 @@
 """The verification run: embeddings, cosine, AS-Norm and AS-Norm + QMF on trial lists.
 
-:func:`run_verification` is what ``recipes/speaker_verification.py`` calls;
-it takes an embedding function, so any model (an exported
+:func:`run_verification` is what both recipes call (``recipes/speaker_verification.py``
+and the evaluation step of ``recipes/train_speaker_embeddings.py``), with
+the keys of their yaml as its keyword arguments. It takes an embedding
+function and an audio loader, so any model (an exported
 ``EncoderClassifier``, an ``SSLSpeakerEncoder`` in training) can be scored.
 
-Steps (docs/lap_spec.md section 6):
+Steps (docs/lap_spec.md section 6; :mod:`lap_speechbrain.scoring.protocol`
+for what the ``default`` and ``reference`` protocols do differently):
 
 1. Read every trial list (format errors stop the run before any work) and
    check every audio file of the trials and the cohort (one error lists
@@ -12,15 +15,20 @@ Steps (docs/lap_spec.md section 6):
 2. Embed the cohort utterances (a training manifest, optionally at most
    ``cohort_utterances_per_speaker`` per speaker, drawn with ``seed``) and
    the trial utterances, once each, with the disk cache of
-   :mod:`lap_speechbrain.scoring.embeddings`.
-3. Subtract the training-set mean, length-normalise; the AS-Norm cohort is
-   one mean embedding per training speaker; top-N statistics once per
-   utterance.
+   :mod:`lap_speechbrain.scoring.embeddings` (keyed by the model and by each
+   audio file's identity).
+3. Subtract the mean raw embedding of the cohort utterances, length-normalise;
+   the AS-Norm cohort is one mean embedding per training speaker; top-N
+   statistics once per utterance. A ``top_n`` larger than the cohort allows
+   (speakers minus the two a QMF pair leaves out) is lowered to that, with
+   a logged note.
 4. QMF: pairs drawn from the cohort utterances, scored with AS-Norm against
    the cohort without the pair's speakers, fit a logistic regression on the
    nine quality features (or load a saved calibration).
 5. Per trial list: cosine, AS-Norm and AS-Norm + QMF scores, EER and
-   minDCFs, a DET plot; ``results.md`` and ``results.json`` for all lists.
+   minDCFs, a DET plot; ``results.md`` and ``results.json`` for all lists,
+   ``run_info.json`` with the protocol, the model, the data folder and the
+   trial lists (resolved paths and SHA-1 of their contents) actually scored.
 
 Without a cohort manifest only cosine scoring (without mean subtraction)
 is possible, and only that condition is reported.
@@ -30,8 +38,10 @@ Authors
 """
 
 import hashlib
+import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -54,6 +64,7 @@ from lap_speechbrain.scoring.normalization import (
     top_n_stats,
     trial_scores,
 )
+from lap_speechbrain.scoring.protocol import ScoringProtocol, get_protocol
 from lap_speechbrain.scoring.qmf import (
     QMFCalibrator,
     embedding_quality,
@@ -69,6 +80,7 @@ from lap_speechbrain.scoring.report import (
 
 logger = logging.getLogger(__name__)
 
+PathLike = Union[str, Path]
 COSINE, AS_NORM, AS_NORM_QMF = "cosine", "AS-Norm", "AS-Norm + QMF"
 
 
@@ -172,6 +184,26 @@ def select_cohort(
     return [rows[i] for i in sorted(kept)]
 
 
+def file_name_part(name: str) -> str:
+    """A trial-list name made safe as part of a file name (no path separators).
+
+    Example
+    -------
+    >>> file_name_part("../../etc/O list")
+    '.._.._etc_O_list'
+    """
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def _sha1(path: PathLike) -> str:
+    """SHA-1 of a file's contents."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class CohortScorer:
     """Mean subtraction, the speaker-mean cohort and AS-Norm statistics.
 
@@ -185,21 +217,32 @@ class CohortScorer:
         AS-Norm top-N.
     chunk_size : int
         Utterances per chunk of the top-N computation.
+    protocol : ScoringProtocol
+        How the speaker embeddings and the std are made.
     """
 
     def __init__(
-        self, table: EmbeddingTable, speakers: Sequence[str], top_n: int, chunk_size: int
+        self,
+        table: EmbeddingTable,
+        speakers: Sequence[str],
+        top_n: int,
+        chunk_size: int,
+        protocol: ScoringProtocol,
     ):
-        self.mean = torch.as_tensor(table.embeddings).mean(dim=0)
+        self.mean = table.embeddings.mean(axis=0, dtype=np.float64)
         self.normalized = normalize_embeddings(table.embeddings, self.mean)
-        self.cohort, names = speaker_cohort(self.normalized, speakers)
+        members = table.embeddings - self.mean if protocol.speaker_means_of_raw else self.normalized
+        self.cohort, names = speaker_cohort(members, speakers)
         self.speaker_row = {name: row for row, name in enumerate(names)}
         self.top_n = top_n
         self.chunk_size = chunk_size
+        self.correction = protocol.std_correction
 
-    def stats(self, normalized: torch.Tensor, exclude=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def stats(self, normalized: np.ndarray, exclude=None) -> Tuple[np.ndarray, np.ndarray]:
         """Top-N statistics of (U, E) normalised embeddings."""
-        return top_n_stats(normalized, self.cohort, self.top_n, self.chunk_size, exclude)
+        return top_n_stats(
+            normalized, self.cohort, self.top_n, self.chunk_size, exclude, self.correction
+        )
 
 
 def fit_qmf(
@@ -210,6 +253,7 @@ def fit_qmf(
     seed: int,
     regularization: float,
     max_iter: int,
+    protocol: ScoringProtocol,
 ) -> QMFCalibrator:
     """Fits QMF on training pairs scored against a cohort without the pair's speakers.
 
@@ -227,48 +271,82 @@ def fit_qmf(
         Seed of the pair draw and the solver.
     regularization, max_iter
         Of the logistic regression.
+    protocol : ScoringProtocol
+        How pairs are drawn and the regression is fitted.
 
     Returns
     -------
     QMFCalibrator
         The fitted calibration.
     """
-    first, second, labels = sample_training_pairs(speakers, num_pairs, seed)
+    first, second, labels = sample_training_pairs(
+        speakers, num_pairs, seed, nontargets_by=protocol.nontargets_by
+    )
     rows = np.asarray([scorer.speaker_row[name] for name in speakers])
-    exclude = torch.as_tensor(np.stack([rows[first], rows[second]], axis=1))
+    exclude = np.stack([rows[first], rows[second]], axis=1)
     first_stats = scorer.stats(scorer.normalized[first], exclude)
     second_stats = scorer.stats(scorer.normalized[second], exclude)
-    scores = (scorer.normalized[first] * scorer.normalized[second]).sum(dim=1)
-    normalized_scores = as_norm(scores, first_stats, second_stats)
+    scores = trial_scores(scorer.normalized, first, second)
     quality = embedding_quality(table.embeddings)
     features = qmf_features(
-        normalized_scores,
+        as_norm(scores, first_stats, second_stats),
         table.durations[first],
         table.durations[second],
         quality[first],
         quality[second],
     )
-    return QMFCalibrator(regularization, max_iter, seed).fit(features, labels)
+    calibrator = QMFCalibrator(
+        regularization, max_iter, seed, protocol.qmf_solver, protocol.qmf_standardize
+    )
+    return calibrator.fit(features, labels)
+
+
+def _usable_top_n(top_n: int, num_speakers: int, cohort_csv: PathLike) -> int:
+    """``top_n``, lowered (with a logged note) to what the cohort allows."""
+    # QMF pairs leave out their two speakers, so top_n must fit in S - 2.
+    limit = num_speakers - 2
+    if limit < 1:
+        raise ValueError(
+            f"cohort manifest {cohort_csv} has {num_speakers} speakers; AS-Norm with QMF "
+            "needs at least 3 (or leave cohort_csv unset for cosine scoring only)"
+        )
+    if top_n < 1:
+        raise ValueError(f"top_n must be at least 1, got {top_n}")
+    if top_n > limit:
+        logger.warning(
+            "top_n=%d is more than the cohort of %d speakers in %s allows; using top_n=%d "
+            "(the speakers minus the 2 that a QMF training pair leaves out)",
+            top_n, num_speakers, cohort_csv, limit,
+        )
+        return limit
+    return top_n
 
 
 def run_verification(
     embed: EmbedFn,
-    trial_lists: Mapping[str, Union[str, Path]],
-    data_folder: Union[str, Path],
-    output_folder: Union[str, Path],
+    load: LoadFn,
     cache_key: str,
-    cohort_csv: Optional[Union[str, Path]] = None,
+    trial_lists: Mapping[str, Optional[PathLike]],
+    data_folder: PathLike,
+    output_folder: PathLike,
+    model: Optional[str] = None,
+    protocol: str = "default",
+    cohort_csv: Optional[PathLike] = None,
     cohort_utterances_per_speaker: Optional[int] = None,
     top_n: int = 600,
     qmf_pairs: int = 30000,
     qmf_regularization: float = 1.0,
     qmf_max_iter: int = 1000,
-    qmf_calibration: Optional[Union[str, Path]] = None,
+    qmf_calibration: Optional[PathLike] = None,
     p_targets: Sequence[float] = (0.01, 0.05),
     as_norm_chunk_size: int = 4096,
     seed: int = 1234,
-    extraction: Optional[Mapping[str, object]] = None,
-    load: Optional[LoadFn] = None,
+    batch_size: int = 16,
+    max_batch_seconds: float = 600.0,
+    max_chunk_seconds: Optional[float] = None,
+    num_workers: int = 0,
+    sample_rate: int = 16000,
+    device: Union[str, torch.device] = "cpu",
 ) -> Results:
     """Scores trial lists under cosine, AS-Norm and AS-Norm + QMF and writes the report.
 
@@ -276,6 +354,13 @@ def run_verification(
     ---------
     embed : callable
         ``embed(wavs, wav_lens) -> (B, E)``, see :func:`encoder_embedding_fn`.
+    load : callable
+        ``load(path) -> (N,) float tensor`` at ``sample_rate`` (e.g.
+        ``functools.partial(lap_speechbrain.inference.load_audio,
+        target_sample_rate=16000)``).
+    cache_key : str
+        Identifies the model actually loaded (e.g. :func:`model_fingerprint`);
+        embeddings are cached in ``embeddings/<hash of the key and settings>/``.
     trial_lists : mapping
         Name (e.g. ``"O"``) -> VoxCeleb-format trial list file; entries
         set to None are skipped (so a yaml override can drop a list).
@@ -283,17 +368,17 @@ def run_verification(
         Audio root the trial paths are relative to.
     output_folder : str or Path
         Gets ``results.md``, ``results.json``, ``run_info.json``,
-        ``det_<name>.png``, ``qmf_calibration.json`` and the embedding cache
-        ``embeddings/<key>/{trials,cohort}``.
-    cache_key : str
-        Identifies the model (e.g. its source and :func:`model_fingerprint`);
-        embeddings are cached in ``embeddings/<sha1 of the key>/``.
+        ``det_<name>.png``, ``qmf_calibration.json`` and the embedding cache.
+    model : str, optional
+        Where the model came from (folder or hub id), for ``run_info.json``.
+    protocol : str
+        ``"default"`` or ``"reference"`` (:mod:`lap_speechbrain.scoring.protocol`).
     cohort_csv : str or Path, optional
         Training manifest (``ID,duration,wav,spk_id``); None: cosine only.
     cohort_utterances_per_speaker : int, optional
         Cap on cohort utterances per speaker (None: all).
     top_n : int
-        AS-Norm top-N.
+        AS-Norm top-N (lowered, with a logged note, to the cohort's speakers minus 2).
     qmf_pairs : int
         QMF training pairs (half target).
     qmf_regularization, qmf_max_iter
@@ -306,23 +391,32 @@ def run_verification(
         Utterances per chunk of the top-N computation.
     seed : int
         Seed of the cohort draw, the QMF pairs and the solver.
-    extraction : mapping, optional
-        Keyword arguments of :func:`extract_embeddings` (``batch_size``,
-        ``max_batch_seconds``, ``max_chunk_seconds``, ``sample_rate``,
-        ``device``).
-    load : callable, optional
-        Audio loader (default ``lap_speechbrain.inference.audio.load_audio``).
+    batch_size, max_batch_seconds, max_chunk_seconds, num_workers
+        Of :func:`~lap_speechbrain.scoring.embeddings.extract_embeddings`.
+    sample_rate : int
+        Sample rate of the loaded audio.
+    device : str or torch.device
+        Where the waveforms are sent.
 
     Returns
     -------
     dict
         ``results[list][condition]`` metrics (also written to disk).
     """
+    scoring = get_protocol(protocol)
+    if scoring.whole_cohort and (cohort_utterances_per_speaker is not None or max_chunk_seconds is not None):
+        raise ValueError(
+            f"protocol {protocol!r} embeds every utterance whole, as the reference does: set "
+            "cohort_utterances_per_speaker and max_chunk_seconds to null (or use protocol: default)"
+        )
     output_folder = Path(output_folder)
-    extraction = dict(extraction or {})
     trial_lists = {name: path for name, path in trial_lists.items() if path is not None}
     if not trial_lists:
         raise ValueError("no trial lists given (every entry of trial_lists is null)")
+    # A list's name only ever names a file inside output_folder.
+    plots = {name: output_folder / f"det_{file_name_part(str(name))}.png" for name in trial_lists}
+    if len(set(plots.values())) < len(plots):
+        raise ValueError(f"trial-list names {list(plots)} give the same DET plot file names; rename them")
     trials: Dict[str, Trials] = {name: read_trials(path) for name, path in trial_lists.items()}
     for trial_list in trials.values():
         if len(np.unique(trial_list.labels)) < 2:
@@ -343,39 +437,48 @@ def run_verification(
     cohort_files = [(str(row["ID"]), str(row["wav"])) for row in cohort_rows]
     cohort_durations = [float(row["duration"]) for row in cohort_rows]
     speakers = [str(row["spk_id"]) for row in cohort_rows]
-    # QMF pairs leave out their two speakers, so top_n must fit in S - 2.
-    if cohort_rows and not 1 <= top_n <= len(set(speakers)) - 2:
-        raise ValueError(
-            f"top_n={top_n} does not fit the cohort of {len(set(speakers))} speakers in "
-            f"{cohort_csv}: it must be between 1 and the number of speakers minus 2"
-        )
+    usable_top_n = _usable_top_n(top_n, len(set(speakers)), cohort_csv) if cohort_rows else None
 
     # Every file is checked before any embedding work starts.
     trial_durations = check_audio_files(trial_files)
     if cohort_rows:
         check_audio_files(cohort_files, cohort_durations)
 
-    # One cache folder per model key: a retrained model never reuses stale embeddings.
-    cache = output_folder / "embeddings" / hashlib.sha1(cache_key.encode()).hexdigest()[:12]
+    # One cache per model and embedding settings; its entries are keyed by each
+    # audio file's identity, so another data folder or a changed file is embedded anew.
+    cache_meta = {"key": cache_key, "sample_rate": sample_rate, "max_chunk_seconds": max_chunk_seconds}
+    cache = output_folder / "embeddings" / hashlib.sha1(
+        json.dumps(cache_meta, sort_keys=True).encode()
+    ).hexdigest()[:12]
+    extraction = dict(
+        embed=embed, load=load, cache_dir=cache, cache_key=cache_key, batch_size=batch_size,
+        max_batch_seconds=max_batch_seconds, max_chunk_seconds=max_chunk_seconds,
+        sample_rate=sample_rate, device=device, num_workers=num_workers,
+    )
     table = extract_embeddings(
-        trial_files, embed, cache / "trials", cache_key, durations=trial_durations,
-        load=load, desc="Embedding trial utterances", **extraction,
+        trial_files, durations=trial_durations, desc="Embedding trial utterances", **extraction
     )
     conditions = [COSINE]
     if cohort_rows:
         cohort_table = extract_embeddings(
-            cohort_files, embed, cache / "cohort", cache_key, durations=cohort_durations,
-            load=load, desc="Embedding cohort utterances", **extraction,
+            cohort_files, durations=cohort_durations, desc="Embedding cohort utterances", **extraction
         )
-        scorer = CohortScorer(cohort_table, speakers, top_n, as_norm_chunk_size)
+        scorer = CohortScorer(cohort_table, speakers, usable_top_n, as_norm_chunk_size, scoring)
         normalized = normalize_embeddings(table.embeddings, scorer.mean)
         stats = scorer.stats(normalized)
         quality = embedding_quality(table.embeddings)
         if qmf_calibration is not None:
             calibrator = QMFCalibrator.load(qmf_calibration)
+            if (calibrator.solver, calibrator.standardize) != (scoring.qmf_solver, scoring.qmf_standardize):
+                raise ValueError(
+                    f"{qmf_calibration} was fitted with solver={calibrator.solver}, "
+                    f"standardize={calibrator.standardize}; protocol {protocol!r} fits with "
+                    f"solver={scoring.qmf_solver}, standardize={scoring.qmf_standardize}"
+                )
         else:
             calibrator = fit_qmf(
-                scorer, cohort_table, speakers, qmf_pairs, seed, qmf_regularization, qmf_max_iter
+                scorer, cohort_table, speakers, qmf_pairs, seed, qmf_regularization,
+                qmf_max_iter, scoring,
             )
             calibrator.save(output_folder / "qmf_calibration.json")
         conditions += [AS_NORM, AS_NORM_QMF]
@@ -403,80 +506,42 @@ def run_verification(
                     quality[test],
                 )
             )
+        reported = {scoring.condition(condition): scores[condition] for condition in conditions}
         results[name] = {
-            condition: evaluate_scores(scores[condition], trial_list.labels, p_targets)
-            for condition in conditions
+            condition: evaluate_scores(values, trial_list.labels, p_targets, scoring.eer_rule)
+            for condition, values in reported.items()
         }
         plot_det(
-            {condition: (scores[condition], trial_list.labels) for condition in conditions},
-            output_folder / f"det_{name}.png",
-            title=f"{name}: {len(trial_list)} trials",
+            {condition: (values, trial_list.labels) for condition, values in reported.items()},
+            {condition: metrics["eer"] for condition, metrics in results[name].items()},
+            plots[name],
+            title=f"{name}: {len(trial_list)} trials ({scoring.name} protocol)",
         )
     write_results(
         results,
         output_folder,
         p_targets,
         run_info={
-            "model": cache_key,
-            "p_targets": list(p_targets),
-            "trial_lists": {name: t.path for name, t in trials.items()},
-            "num_trials": {name: len(t) for name, t in trials.items()},
-            "cohort_csv": None if cohort_csv is None else str(cohort_csv),
+            "protocol": scoring.name,
+            "model": model,
+            "model_key": cache_key,
+            "data_folder": str(Path(data_folder).resolve()),
+            "trial_lists": {
+                name: {"path": str(Path(t.path).resolve()), "sha1": _sha1(t.path), "num_trials": len(t)}
+                for name, t in trials.items()
+            },
+            "cohort_csv": None if cohort_csv is None else str(Path(cohort_csv).resolve()),
             "cohort_utterances": len(cohort_rows),
-            "top_n": top_n if cohort_rows else None,
+            "cohort_speakers": len(set(speakers)),
+            "cohort_utterances_per_speaker": cohort_utterances_per_speaker,
+            "top_n": usable_top_n,
+            "top_n_requested": top_n if cohort_rows else None,
+            "qmf_pairs": qmf_pairs if cohort_rows and qmf_calibration is None else None,
+            "qmf_calibration": None if qmf_calibration is None else str(Path(qmf_calibration).resolve()),
+            "max_chunk_seconds": max_chunk_seconds,
+            "seed": seed,
+            "p_targets": list(p_targets),
         },
+        heading=f"Scoring protocol: {scoring.name} ({scoring.description}).",
     )
     return results
-
-
-def evaluate_model(model: str, settings: Mapping, device: str = "cpu") -> Results:
-    """Loads a model and scores trial lists with the settings of ``hparams/verification.yaml``.
-
-    ``recipes/speaker_verification.py`` calls it with its whole yaml, and the
-    training recipe with the ``evaluation`` section of a training yaml, so
-    both score the same way.
-
-    Arguments
-    ---------
-    model : str
-        An exported folder, a hub id or a training output folder.
-    settings : mapping
-        The keys of ``hparams/verification.yaml`` except ``model``
-        (``trial_lists``, ``data_folder``, ``output_folder``,
-        ``pretrained_savedir``, ``cohort_csv``, ``top_n``, ``qmf_pairs``, ...).
-    device : str
-        Where the model runs.
-
-    Returns
-    -------
-    Results
-        ``{list: {condition: metrics}}``, also written to ``output_folder``.
-    """
-    # Imported here: the inference package is only needed to load a model.
-    from lap_speechbrain.inference import load_encoder
-
-    encoder = load_encoder(model, savedir=settings["pretrained_savedir"], device=device)
-    return run_verification(
-        encoder_embedding_fn(encoder),
-        trial_lists=settings["trial_lists"],
-        data_folder=settings["data_folder"],
-        output_folder=settings["output_folder"],
-        cache_key=f"{model} {model_fingerprint(encoder)}",
-        cohort_csv=settings["cohort_csv"],
-        cohort_utterances_per_speaker=settings["cohort_utterances_per_speaker"],
-        top_n=settings["top_n"],
-        qmf_pairs=settings["qmf_pairs"],
-        qmf_regularization=settings["qmf_regularization"],
-        qmf_max_iter=settings["qmf_max_iter"],
-        qmf_calibration=settings["qmf_calibration"],
-        p_targets=settings["p_targets"],
-        as_norm_chunk_size=settings["as_norm_chunk_size"],
-        seed=settings["seed"],
-        extraction={
-            "batch_size": settings["batch_size"],
-            "max_batch_seconds": settings["max_batch_seconds"],
-            "max_chunk_seconds": settings["max_chunk_seconds"],
-            "sample_rate": settings["sample_rate"],
-            "device": device,
-        },
-    )
