@@ -41,7 +41,10 @@ def randomize_(encoder, seed: int = 0) -> None:
     """
     generator = torch.Generator().manual_seed(seed)
     norms = [m for m in encoder.backend.modules() if isinstance(m, torch.nn.BatchNorm1d)]
-    with torch.no_grad():
+    # The calibration pass runs in train mode (dropout, layer drop): seed the global
+    # generator too, so the model does not depend on which tests ran before.
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
         for parameter in encoder.backend.parameters():
             parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
         for norm in norms:
