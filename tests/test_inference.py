@@ -107,26 +107,6 @@ def seed_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
     (repo / "refs" / "main").write_text(HUB_COMMIT)
 
 
-@pytest.fixture
-def trained(make_encoder, tiny_wavlm_large):
-    """(in-memory encoder in eval mode, classifier)."""
-    encoder = make_encoder(tiny_wavlm_large, **BACKEND)
-    randomize_(encoder)
-    classifier = SubCenterClassifier(8, len(SPEAKERS))
-    return encoder, classifier
-
-
-@pytest.fixture
-def training_output(trained, tmp_path):
-    encoder, classifier = trained
-    return write_training_output(tmp_path / "train_out", encoder, classifier)
-
-
-@pytest.fixture
-def exported(training_output):
-    return training_output / "model"
-
-
 def batch(seed=0, lengths=(16000, 11200, 6400)):
     """A padded batch of random 'speech' and its relative lengths."""
     generator = torch.Generator().manual_seed(seed)
