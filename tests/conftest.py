@@ -61,3 +61,30 @@ def make_encoder(tmp_path):
         return SSLSpeakerEncoder(ssl, frozen=frozen, **backend)
 
     return build
+
+
+@pytest.fixture
+def trained(make_encoder, tiny_wavlm_large):
+    """(tiny encoder made to look trained, in eval mode; its classifier) of test_inference."""
+    from test_inference import BACKEND, SPEAKERS, randomize_
+
+    from lap_speechbrain.nnet import SubCenterClassifier
+
+    encoder = make_encoder(tiny_wavlm_large, **BACKEND)
+    randomize_(encoder)
+    return encoder, SubCenterClassifier(8, len(SPEAKERS))
+
+
+@pytest.fixture
+def training_output(trained, tmp_path):
+    """A training output folder as training leaves it (test_inference.write_training_output)."""
+    from test_inference import write_training_output
+
+    encoder, classifier = trained
+    return write_training_output(tmp_path / "train_out", encoder, classifier)
+
+
+@pytest.fixture
+def exported(training_output):
+    """The exported folder training wrote: ``<training output>/model``."""
+    return training_output / "model"

@@ -24,15 +24,12 @@ import torch.nn.functional as F
 from conftest import TINY_WAVLM
 from huggingface_hub import ModelCard
 from speechbrain.inference.speaker import EncoderClassifier
-from test_inference import (  # noqa: F401 (fixtures)
+from test_inference import (
     BACKEND,
     SPEAKERS,
     THRESHOLD,
     batch,
-    exported,
     snapshot,
-    trained,
-    training_output,
     write_training_output,
     write_voices,
 )
