@@ -541,14 +541,10 @@ def export_encoder(encoder, folder):
         embedding_state=encoder.state_dict(),
         classifier_state=SubCenterClassifier(8, 2).state_dict(),
         labels=["id04", "id05"],
+        threshold=0.5,
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15.3: load_encoder serves the model already in a reused savedir; fixed in load_encoder "
-    "(another branch), remove this mark once merged",
-)
 def test_two_models_scored_into_one_output_folder(corpus, encoder, tmp_path):
     """Issue 15.3: run B into run A's output folder scores B's weights and records B's fingerprint."""
     import copy
@@ -574,7 +570,7 @@ def test_two_models_scored_into_one_output_folder(corpus, encoder, tmp_path):
     score(model_a, tmp_path / "shared")
     shared_results, shared_info = score(model_b, tmp_path / "shared")
     fresh_results, fresh_info = score(model_b, tmp_path / "fresh")
-    assert shared_info["model_key"] == model_fingerprint(load_encoder(model_b, savedir=tmp_path / "check"))
+    assert shared_info["model_key"] == model_fingerprint(load_encoder(model_b))
     assert shared_info["model_key"] == fresh_info["model_key"]
     assert shared_results == fresh_results
 
