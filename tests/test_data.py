@@ -5,6 +5,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 
 from lap_speechbrain.data.custom import make_trials, prepare_custom_corpus
 from lap_speechbrain.data.manifest import (
+    folder_fingerprint,
     read_csv,
     scan_audio,
     speaker_encoder,
@@ -123,6 +125,67 @@ def test_scan_audio_missing_root_and_speaker(tmp_path, vox1):
         scan_audio(tmp_path / "nowhere", desc="")
     with pytest.raises(FileNotFoundError, match="id19999"):
         scan_audio(vox1, speakers=["id10001", "id19999"], desc="")
+
+
+def test_symlink_loops_end_and_each_real_file_is_listed_once(tmp_path, caplog):
+    root = make_tree(tmp_path / "corpus", ["a", "b", "c"])
+    (root / "a" / "vidA" / "up").symlink_to("..")  # back to the speaker folder
+    (root / "a" / "vidA" / "root").symlink_to("../..")  # back to the corpus root
+    (root / "b" / "vidB" / "self").symlink_to(".")  # 40 nested copies before ELOOP
+    (root / "c" / "vidA" / "x").symlink_to("..")  # two links: 2^40 paths before the fix
+    (root / "c" / "vidA" / "y").symlink_to("..")
+    (root / "b" / "alias").symlink_to("vidA")  # a second link to one folder
+    (root / "b" / "vidA" / "again.wav").symlink_to(root / "b" / "vidA" / "00001.wav")
+    (root / "c" / "vidB" / "borrowed.wav").symlink_to(root / "a" / "vidB" / "00001.wav")  # another speaker's
+    result = {}
+
+    def scan():
+        result["fingerprint"] = folder_fingerprint(root)
+        result["rows"] = scan_audio(root, desc="")
+
+    with caplog.at_level(logging.WARNING):
+        worker = threading.Thread(target=scan, daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+    assert not worker.is_alive(), "scanning a tree with symlink loops did not finish"
+    rows = result["rows"]
+    assert len(rows) == 3 * len(VIDEOS) * len(UTTS)
+    assert len({os.path.realpath(row["wav"]) for row in rows}) == len(rows)
+    assert {row["ID"] for row in rows} == {f"{s}/{v}/{u}" for s in "abc" for v in VIDEOS for u in UTTS}
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    for link in ("a/vidA/up", "a/vidA/root", "b/vidB/self", "c/vidA/x", "b/alias"):
+        assert f"Not following {root / link}" in messages
+    assert "counted once" in messages and "again.wav" in messages and "borrowed.wav" in messages
+
+
+def test_scan_refuses_names_the_recipe_cannot_use(tmp_path):
+    root = make_tree(tmp_path / "corpus", ["a", "b"])
+    write_wav(root / "my speaker" / "vidA" / "00001.wav", 1.2, seed=1)
+    write_wav(root / "a" / "vidA" / "take\t2.wav", 1.2, seed=2)
+    write_wav(root / "a" / "vidA" / "cost$5.wav", 1.2, seed=3)
+    write_wav(root / "a" / "vidA" / "00001.flac", 1.2, seed=4)  # the ID of 00001.wav
+    latin1 = write_wav(root / "b" / "vidA" / "cafe.wav", 1.2, seed=5)
+    os.rename(os.fsencode(latin1), os.fsencode(latin1.parent) + b"/caf\xe9.wav")
+    outside = write_wav(tmp_path / "elsewhere" / "shared.wav", 1.2, seed=6)
+    (root / "a" / "vidB" / "shared.wav").symlink_to(outside)
+    (root / "b" / "vidB" / "shared.wav").symlink_to(outside)  # one file, two labels
+    listing = tmp_path / "save" / "unusable_files.txt"
+    with pytest.raises(ValueError, match="6 file") as error:
+        scan_audio(root, desc="", listing=listing)
+    lines = listing.read_text().splitlines()
+    assert len(lines) == 6
+    for name, reason in [
+        ("my speaker/vidA/00001.wav", "white space"),
+        ("take\t2.wav", "white space"),
+        ("cost$5.wav", "'$5.wav'"),
+        ("a/vidA/00001", "only the extension differs"),
+        ("caf\\xe9.wav", "not valid UTF-8"),
+        ("b/vidB/shared.wav", "two speaker folders"),
+    ]:
+        assert any(name in line and reason in line for line in lines), (name, lines)
+        assert name.split("/")[-1] in str(error.value)
+    with pytest.raises(ValueError, match="unusable_files.txt"):
+        prepare_custom_corpus(root, tmp_path / "save", num_valid_speakers=2, num_valid_trials=4)
 
 
 def test_write_csv_atomic_round_trip(tmp_path):

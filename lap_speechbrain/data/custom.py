@@ -225,7 +225,9 @@ def prepare_custom_corpus(
         return outputs
     options_file.unlink(missing_ok=True)  # a crash below must not leave a stale "done" mark
 
-    rows = scan_audio(data_folder, extensions, min_duration, num_workers=num_workers)
+    rows = scan_audio(
+        data_folder, extensions, min_duration, num_workers=num_workers, listing=save_folder / "unusable_files.txt"
+    )
     train_rows, valid_rows = hold_out_speakers(rows, num_valid_speakers, seed)
     trials = validation_trials(valid_rows, num_valid_trials, seed)
     write_csv(train_rows, outputs["train"])

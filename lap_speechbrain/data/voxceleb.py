@@ -34,6 +34,7 @@ from lap_speechbrain.data.manifest import (
     require_outside,
     scan_audio,
     speaker_encoder,
+    walk_once,
     write_csv,
 )
 from lap_speechbrain.data.trials import Trial, read_trials, write_trials
@@ -193,8 +194,8 @@ def _check_trials(
 
 def _contains(folder: Path, extension: str) -> bool:
     """Whether any file under ``folder`` has ``extension`` (stops at the first)."""
-    for _, _, files in os.walk(folder, followlinks=True):
-        if any(name.lower().endswith(extension) and not name.startswith(".") for name in files):
+    for _, files, _ in walk_once(folder, quiet=True):
+        if any(f.name.lower().endswith(extension) and not f.name.startswith(".") for f in files):
             return True
     return False
 
@@ -322,6 +323,7 @@ def prepare_voxceleb(
         return outputs
     options_file.unlink(missing_ok=True)  # a crash below must not leave a stale "done" mark
 
+    unusable = save_folder / "unusable_files.txt"
     trials = {name: list(read_trials(path)) for name, path in trial_paths.items()}
     test_speakers = _speakers_of(trials)
     train_rows = []
@@ -336,7 +338,9 @@ def prepare_voxceleb(
             )
         if trials:
             # Test utterances are kept whatever their length: evaluation uses every trial.
-            test_rows = scan_audio(vox1, (".wav",), speakers=test_speakers, num_workers=num_workers)
+            test_rows = scan_audio(
+                vox1, (".wav",), speakers=test_speakers, num_workers=num_workers, listing=unusable
+            )
             _check_trials(trials, {row["ID"] + ".wav" for row in test_rows}, save_folder)
             write_csv(test_rows, outputs["test"])
             for name, path in outputs["trials"].items():
@@ -346,7 +350,7 @@ def prepare_voxceleb(
                 "VoxCeleb1: %d speakers of the trial lists excluded from training.",
                 len(vox1_speakers & test_speakers),
             )
-            train_rows += scan_audio(vox1, (".wav",), min_duration, dev_speakers, num_workers)
+            train_rows += scan_audio(vox1, (".wav",), min_duration, dev_speakers, num_workers, listing=unusable)
     if "vox2" in train_sets:
         if _contains(vox2, ".wav"):
             vox2_root = vox2
@@ -354,7 +358,7 @@ def prepare_voxceleb(
             vox2_root = convert_m4a_to_wav(vox2, vox2_wav, ffmpeg, num_workers=num_workers)
         else:
             raise FileNotFoundError(f"no .wav or .m4a files under the VoxCeleb2 folder {vox2}")
-        train_rows += scan_audio(vox2_root, (".wav",), min_duration, num_workers=num_workers)
+        train_rows += scan_audio(vox2_root, (".wav",), min_duration, num_workers=num_workers, listing=unusable)
 
     train_rows, valid_rows = hold_out_speakers(train_rows, num_valid_speakers, seed)
     write_csv(train_rows, outputs["train"])
