@@ -14,6 +14,7 @@ import soundfile
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 
+from lap_speechbrain.data.audio import read_audio
 from lap_speechbrain.data.custom import make_trials, prepare_custom_corpus
 from lap_speechbrain.data.manifest import (
     folder_fingerprint,
@@ -438,13 +439,62 @@ def manifest(tmp_path):
 def test_crops_read_a_contiguous_segment_and_wrap_pad_short_files(manifest):
     _, _, rows = manifest
     long_file, short_file = rows[1], rows[0]
-    crop = read_crop(long_file["wav"], long_file["duration"], 8000, 16000)
+    crop = read_crop(long_file["wav"], 8000, 16000).numpy()
     step = 0.9 / (1.2 * 16000)
     assert crop.shape == (8000,)
     np.testing.assert_allclose(np.diff(crop), step, rtol=1e-3)  # one contiguous piece of the ramp
-    short = read_crop(short_file["wav"], short_file["duration"], 8000, 16000)
+    short = read_crop(short_file["wav"], 8000, 16000).numpy()
     whole, _ = soundfile.read(short_file["wav"], dtype="float32")
     np.testing.assert_array_equal(short, np.resize(whole, 8000))
+
+
+def tone(seconds: float, rate: int, frequency: float = 440.0) -> np.ndarray:
+    return (0.5 * np.sin(2 * np.pi * frequency * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+
+
+def peak_frequency(signal: torch.Tensor, rate: int) -> float:
+    return float(torch.fft.rfft(signal).abs().argmax()) * rate / len(signal)
+
+
+def test_other_rates_and_channels_are_read_as_inference_reads_them(tmp_path, monkeypatch):
+    from lap_speechbrain.inference.audio import load_audio
+
+    left = tone(10.0, 44100)
+    stereo = tmp_path / "spk_x" / "stereo_44k.wav"
+    stereo.parent.mkdir()
+    soundfile.write(stereo, np.stack([left, -0.5 * left], axis=1), 44100, subtype="FLOAT")
+    # The whole file: exactly what inference loads (channels averaged, then resampled).
+    torch.testing.assert_close(read_audio(stereo, 16000), load_audio(stereo))
+    assert read_audio(stereo, 16000).abs().max() == pytest.approx(0.5 * (1 - 0.5) / 2, rel=0.02)  # mean, not channel 0
+    # A 0.5 s crop decodes 0.5 s of the 44.1 kHz file, not the file.
+    frames_read = []
+    original_read = soundfile.SoundFile.read
+    monkeypatch.setattr(soundfile.SoundFile, "read",
+                        lambda self, frames=-1, **kw: frames_read.append(frames) or original_read(self, frames, **kw))
+    crop = read_crop(str(stereo), 8000, 16000)
+    assert frames_read == [22050] and crop.shape == (8000,)
+    assert peak_frequency(crop, 16000) == pytest.approx(440, abs=4)
+    monkeypatch.undo()
+    # The datasets take such files: 8 kHz mono and 44.1 kHz stereo next to 16 kHz.
+    narrow = tmp_path / "spk_y" / "mono_8k.flac"
+    narrow.parent.mkdir()
+    soundfile.write(narrow, tone(1.0, 8000), 8000)
+    rows = [{"ID": "spk_x/stereo_44k", "duration": 10.0, "wav": str(stereo), "spk_id": "spk_x"},
+            {"ID": "spk_y/mono_8k", "duration": 1.0, "wav": str(narrow), "spk_id": "spk_y"}]
+    path = write_csv(rows, tmp_path / "mixed.csv")
+    items = list(train_dataset(path, speaker_encoder(["spk_x", "spk_y"]), crop_seconds=2.0, sample_rate=16000))
+    assert [tuple(item["sig"].shape) for item in items] == [(32000,), (32000,)]
+    valid = {item["id"]: item["sig"] for item in valid_dataset(path, ["spk_x/stereo_44k", "spk_y/mono_8k"], 16000, 3.0)}
+    assert valid["spk_y/mono_8k"].shape == (16000,) and valid["spk_x/stereo_44k"].shape == (48000,)
+
+
+def test_non_finite_audio_is_refused_naming_the_file(tmp_path):
+    broken = tone(1.0, 16000)
+    broken[100] = np.nan
+    path = tmp_path / "nan.wav"
+    soundfile.write(path, broken, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="nan.wav: holds NaN"):
+        read_crop(str(path), 16000, 16000)  # the whole file: the crop holds the NaN
 
 
 def test_speed_perturbation_moves_labels_to_one_class_per_speed(manifest):

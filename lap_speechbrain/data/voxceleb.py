@@ -54,9 +54,10 @@ class MissingDecoderError(RuntimeError):
 def find_ffmpeg(ffmpeg: Optional[str] = None) -> str:
     """Locates an ffmpeg executable to decode ``.m4a`` files.
 
-    libsndfile (soundfile) cannot read AAC and ``torchaudio.load`` needs
-    torchcodec, so conversion calls ffmpeg: the given one, else ``ffmpeg`` on
-    ``PATH``, else the binary bundled with the ``imageio-ffmpeg`` package.
+    libsndfile (soundfile, also behind ``speechbrain.dataio.audio_io``)
+    cannot decode AAC, so conversion calls ffmpeg: the given one, else
+    ``ffmpeg`` on ``PATH``, else the binary bundled with the ``imageio-ffmpeg``
+    package.
 
     Arguments
     ---------
