@@ -1,5 +1,6 @@
 """lap_speechbrain.data on tiny audio trees made here: manifests, VoxCeleb, custom corpora, pipelines, noise CSVs."""
 
+import codecs
 import csv
 import importlib.util
 import logging
@@ -25,7 +26,7 @@ from lap_speechbrain.data.manifest import (
 )
 from lap_speechbrain.data.noise import prepare_noise_csvs
 from lap_speechbrain.data.pipelines import change_speed, read_crop, train_dataset, valid_dataset
-from lap_speechbrain.data.trials import read_trials
+from lap_speechbrain.data.trials import TrialListError, read_trials
 from lap_speechbrain.data.voxceleb import (
     MissingDecoderError,
     convert_m4a_to_wav,
@@ -215,6 +216,65 @@ def test_speaker_encoder_is_deterministic(tmp_path):
     assert (tmp_path / "a" / "label_encoder.txt").read_bytes() == (tmp_path / "b" / "label_encoder.txt").read_bytes()
 
 
+# --------------------------------------------------------------------------- trial lists
+
+GOOD_TRIALS = ["1 a/v/1.wav a/v/2.wav", "0 a/v/1.wav b/v/1.wav", "1 b/v/1.wav b/v/2.wav", "0 a/v/2.wav b/v/2.wav"]
+
+
+def test_trial_lists_from_other_editors_read_the_same(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("\n".join(GOOD_TRIALS) + "\n")
+    expected = list(read_trials(plain))
+    variants = {
+        "bom.txt": codecs.BOM_UTF8 + "\n".join(GOOD_TRIALS).encode(),
+        "crlf.txt": "\r\n".join(GOOD_TRIALS).encode() + b"\r\n",
+        "tabs.txt": "\n".join(line.replace(" ", "\t") for line in GOOD_TRIALS).encode(),
+    }
+    for name, content in variants.items():
+        (tmp_path / name).write_bytes(content)
+        assert list(read_trials(tmp_path / name)) == expected, name
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("1 a/v/1.wav a/v/1.wav", "line 5: compares a/v/1.wav with itself"),
+        ("0 a/v/2.wav a/v/1.wav", "line 5: the pair of line 1 again, with the other label"),
+        ("0 ../x/v/1.wav a/v/1.wav", r"line 5: '../x/v/1.wav' leaves the audio folder"),
+        ("0 a/v/1.wav a/../../etc/x.wav", r"line 5: 'a/../../etc/x.wav' leaves the audio folder"),
+        ("0 /etc/x.wav a/v/1.wav", "line 5: '/etc/x.wav' is an absolute path"),
+        ("0 a/v/1.wav C:\\data\\x.wav", "line 5: .*is an absolute path"),
+    ],
+)
+def test_trial_list_lines_that_would_mislead_are_refused(tmp_path, extra, message):
+    path = tmp_path / "trials.txt"
+    path.write_text("\n".join(GOOD_TRIALS + [extra]) + "\n")
+    with pytest.raises(TrialListError, match=f"trials.txt, {message}"):
+        read_trials(path)
+
+
+def test_trial_lists_of_one_class_or_not_utf8_are_refused(tmp_path):
+    for label in ("0", "1"):
+        path = tmp_path / f"only_{label}.txt"
+        path.write_text("".join(line + "\n" for line in GOOD_TRIALS if line.startswith(label)))
+        with pytest.raises(TrialListError, match=f"only_{label}.txt has only label {label} .2 trials."):
+            read_trials(path)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(("\n".join(GOOD_TRIALS) + "\n0 a/v/caf\xe9.wav b/v/1.wav\n").encode("latin-1"))
+    with pytest.raises(TrialListError, match="latin1.txt, line 5: not UTF-8"):
+        read_trials(latin1)
+
+
+def test_repeated_trials_are_counted_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "trials.txt"
+    path.write_text("\n".join(GOOD_TRIALS + ["1 a/v/2.wav a/v/1.wav", GOOD_TRIALS[1]]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="lap_speechbrain.data.trials"):
+        trials = read_trials(path)
+    assert len(trials) == len(GOOD_TRIALS) + 2
+    assert any("2 trial(s) repeat" in r.getMessage() and "line 5 repeats line 1" in r.getMessage()
+               for r in caplog.records)
+
+
 # --------------------------------------------------------------------------- VoxCeleb
 
 
@@ -271,7 +331,8 @@ def test_voxceleb1_with_whole_corpus_trials_refuses_to_train(tmp_path, vox1):
     everyone = tmp_path / "list_test_all2.txt"
     speakers = TEST_SPEAKERS + DEV_SPEAKERS
     everyone.write_text("".join(
-        f"0 {a}/vidA/00001.wav {b}/vidA/00001.wav\n" for a, b in zip(speakers, speakers[1:])
+        f"0 {a}/vidA/00001.wav {b}/vidA/00001.wav\n1 {a}/vidA/00001.wav {a}/vidB/00001.wav\n"
+        for a, b in zip(speakers, speakers[1:])
     ))
     with pytest.raises(ValueError, match="none is left to train on"):
         prepare_voxceleb(tmp_path / "s", vox1_folder=vox1, trial_lists=[everyone], train_sets=["vox1"],
