@@ -339,6 +339,31 @@ def test_voxceleb1_with_whole_corpus_trials_refuses_to_train(tmp_path, vox1):
                          num_valid_speakers=2, num_valid_trials=4)
 
 
+def test_voxceleb_test_set_selection_trains_on_every_speaker(tmp_path, vox1):
+    o_list = write_o_list(tmp_path / "veri_test2.txt")
+    vox2 = make_tree(tmp_path / "vox2", ["id00012", "id00015", "id00017"])
+    kwargs = dict(vox1_folder=vox1, vox2_folder=vox2, trial_lists=[o_list], train_sets=["vox2"],
+                  num_valid_speakers=2, num_valid_trials=8, valid_trial_list=o_list)
+    out = prepare_voxceleb(tmp_path / "save", **kwargs)
+    assert speakers_in(out["train"]) == {"id00012", "id00015", "id00017"}  # nobody held out
+    assert speakers_in(out["valid"]) == set(TEST_SPEAKERS)
+    assert list(read_trials(out["valid_trials"])) == list(read_trials(o_list))
+    valid_ids = {row["ID"] for row in read_csv(out["valid"])}
+    assert {u[:-4] for u in read_trials(o_list).utterances} <= valid_ids
+    encoder = CategoricalEncoder()
+    encoder.load(out["label_encoder"])
+    assert len(encoder) == 3
+    # Training on VoxCeleb1 instead: the list's speakers stay out of training, no other is held out.
+    out = prepare_voxceleb(tmp_path / "save1", **{**kwargs, "train_sets": ["vox1"], "trial_lists": []})
+    assert speakers_in(out["train"]) == set(DEV_SPEAKERS) and "test" not in out
+    # An edited list is a new input: prepared again.
+    write_o_list(o_list, speakers=TEST_SPEAKERS[::-1])
+    out = prepare_voxceleb(tmp_path / "save", **kwargs)
+    assert list(read_trials(out["valid_trials"])) == list(read_trials(o_list))
+    with pytest.raises(ValueError, match="valid_trial_list refers to VoxCeleb1"):
+        prepare_voxceleb(tmp_path / "s", vox2_folder=vox2, valid_trial_list=o_list)
+
+
 def test_voxceleb_idempotent(tmp_path, vox1):
     o_list = write_o_list(tmp_path / "veri_test2.txt")
     kwargs = dict(vox1_folder=vox1, trial_lists=[o_list], train_sets=["vox1"],
@@ -457,6 +482,24 @@ def test_custom_corpus_split_and_trials(tmp_path):
     mtimes = [os.stat(p).st_mtime_ns for p in out.values()]
     prepare_custom_corpus(data, tmp_path / "save", num_valid_speakers=3, num_valid_trials=20, seed=3)
     assert [os.stat(p).st_mtime_ns for p in out.values()] == mtimes
+
+
+def test_custom_corpus_with_its_own_validation_list(tmp_path):
+    data = make_tree(tmp_path / "corpus", ["a", "b", "c", "d"])
+    own = tmp_path / "my_trials.txt"
+    own.write_text("1 a/vidA/00001.wav a/vidB/00002.wav\n0 a/vidA/00001.wav b/vidA/00001.wav\n")
+    out = prepare_custom_corpus(data, tmp_path / "save", valid_trial_list=own)
+    assert speakers_in(out["train"]) == {"c", "d"} and speakers_in(out["valid"]) == {"a", "b"}
+    assert list(read_trials(out["valid_trials"])) == list(read_trials(own))
+    own.write_text("1 a/vidA/00001.wav a/vidA/00009.wav\n0 a/vidA/00001.wav b/vidA/00001.wav\n")
+    with pytest.raises(FileNotFoundError, match="a/vidA/00009.wav"):
+        prepare_custom_corpus(data, tmp_path / "save", valid_trial_list=own)
+    own.write_text("1 a/vidA/00001.wav a/vidB/00002.wav\n0 c/vidA/00001.wav d/vidA/00001.wav\n"
+                   "0 a/vidA/00001.wav b/vidA/00001.wav\n")
+    with pytest.raises(ValueError, match="names every speaker"):
+        prepare_custom_corpus(data, tmp_path / "save", valid_trial_list=own)
+    with pytest.raises(ValueError, match="or a valid_trial_list"):
+        prepare_custom_corpus(data, tmp_path / "save")
 
 
 def test_custom_corpus_bad_requests(tmp_path):
@@ -681,4 +724,9 @@ def test_prepare_data_cli(tmp_path, capsys):
     assert set(noise) == {"rir"}
     with pytest.raises(SystemExit):
         cli.main(["noise", "--save_folder", "x", "--noise_folders", "no-equals-sign"])
+    own = tmp_path / "own_trials.txt"
+    own.write_text("1 a/vidA/00001.wav a/vidB/00001.wav\n0 a/vidA/00001.wav b/vidA/00001.wav\n")
+    out = cli.main(["custom", "--data_folder", str(data), "--save_folder", str(tmp_path / "own"),
+                    "--valid_trial_list", str(own)])
+    assert list(read_trials(out["valid_trials"])) == list(read_trials(own))
 
