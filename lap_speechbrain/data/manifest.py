@@ -208,9 +208,14 @@ def require_outside(folder: PathLike, root: PathLike, what: str) -> None:
         raise ValueError(f"{what} {folder} is inside the input folder {root}; choose a folder outside it")
 
 
-def _inside(real_path: str, real_folder: str) -> bool:
-    """Whether a resolved path is ``real_folder`` or lies below it."""
-    return real_path == real_folder or real_path.startswith(os.path.join(real_folder, ""))
+def _inside(real_path: str, real_folders: Iterable[str]) -> bool:
+    """Whether a resolved path is one of ``real_folders`` or lies below one."""
+    return any(real_path == folder or real_path.startswith(os.path.join(folder, "")) for folder in real_folders)
+
+
+def _boundaries(folder: PathLike, within: Optional[PathLike]) -> Tuple[str, ...]:
+    """Real paths inside which links are not followed: the walked tree and ``within``."""
+    return tuple({os.path.realpath(folder), os.path.realpath(within if within is not None else folder)})
 
 
 def walk_once(
@@ -218,9 +223,9 @@ def walk_once(
 ) -> Iterator[Tuple[str, List[os.DirEntry], Optional[str]]]:
     """Walks a tree top-down, following symlinks but entering each real folder once.
 
-    A link that leads inside ``within`` (a symlink loop, or an alias of a
-    folder of the tree) is not followed: that folder is walked at its own
-    path. A link that leads elsewhere is followed, once per real folder. Each
+    A link that leads inside the tree or inside ``within`` (a symlink loop,
+    or an alias of a folder of the tree) is not followed: that folder is
+    walked at its own path. A link that leads elsewhere is followed, once per real folder. Each
     link not followed gets one warning naming it and its target. So the walk
     always ends and reaches no folder twice.
 
@@ -229,8 +234,8 @@ def walk_once(
     folder : str or Path
         Root of the tree.
     within : str or Path, optional
-        Links leading inside this folder are not followed (default:
-        ``folder``; scanning one speaker's folder passes the corpus root).
+        Links leading inside this folder are not followed either (scanning
+        one speaker's folder passes the corpus root).
     quiet : bool
         No warnings (for walks that only fingerprint or probe a tree that the
         listing walk reports on).
@@ -252,7 +257,7 @@ def walk_once(
     ['.', 'b']
     """
     folder = os.fspath(folder)
-    boundary = os.path.realpath(within if within is not None else folder)
+    boundaries = _boundaries(folder, within)
     entered = set()  # real paths of the folders reached through links
     # Depth-first with os.scandir: whether an entry is a folder or a link comes
     # with the listing, so a tree without links costs no extra system call.
@@ -273,7 +278,7 @@ def walk_once(
                 continue
             if entry.is_symlink():
                 target = os.path.realpath(entry.path)
-                if _inside(target, boundary) or target in entered:
+                if _inside(target, boundaries) or target in entered:
                     if not quiet:
                         logger.warning(
                             "Not following %s: it leads to %s, a folder listed at its own path "
@@ -294,9 +299,11 @@ def walk_once(
         stack.extend(reversed(subdirs))
 
 
-def _list_audio(folder: PathLike, extensions: frozenset, within: PathLike) -> List[Tuple[str, Optional[str]]]:
+def _list_audio(
+    folder: PathLike, extensions: frozenset, within: Optional[PathLike] = None
+) -> List[Tuple[str, Optional[str]]]:
     """Audio files under ``folder``, each real file once; the real path of those reached through links."""
-    boundary = os.path.realpath(within)
+    boundaries = _boundaries(folder, within)
 
     def wanted(name: str) -> bool:
         return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
@@ -311,7 +318,7 @@ def _list_audio(folder: PathLike, extensions: frozenset, within: PathLike) -> Li
             target = None  # files reached without links are unique: no system call for them
             if entry.is_symlink():
                 target = os.path.realpath(entry.path)
-                if _inside(target, boundary) and wanted(os.path.basename(target)):
+                if _inside(target, boundaries) and wanted(os.path.basename(target)):
                     repeated.append((entry.path, target))  # listed at its own path
                     continue
             elif real is not None:
@@ -351,7 +358,7 @@ def find_audio_files(folder: PathLike, extensions: Iterable[str]) -> List[str]:
     list of str
         Sorted paths.
     """
-    return sorted(path for path, _ in _list_audio(folder, _normalise_extensions(extensions), folder))
+    return sorted(path for path, _ in _list_audio(folder, _normalise_extensions(extensions)))
 
 
 def _normalise_extensions(extensions: Iterable[str]) -> frozenset:
