@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     vox.add_argument("--num_valid_trials", type=int, **option)
     vox.add_argument("--seed", type=int, **option)
     vox.add_argument("--min_duration", type=float, **option)
+    vox.add_argument("--valid_trial_list", **option,
+                     help="select checkpoints on this trial list (e.g. veri_test2.txt) instead of held-out speakers")
     vox.add_argument("--vox2_wav_folder", **option, help="where converted VoxCeleb2 wavs go")
     vox.add_argument("--ffmpeg", **option, help="ffmpeg executable for the .m4a conversion")
     vox.add_argument("--num_workers", type=int, **option)
@@ -66,12 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     custom = commands.add_parser("custom", help="a corpus laid out as <root>/<speaker>/**/*.{wav,flac}")
     custom.add_argument("--data_folder", required=True)
     custom.add_argument("--save_folder", required=True)
-    custom.add_argument("--num_valid_speakers", type=int, required=True)
-    custom.add_argument("--num_valid_trials", type=int, required=True)
+    custom.add_argument("--num_valid_speakers", type=int, **option)
+    custom.add_argument("--num_valid_trials", type=int, **option)
     custom.add_argument("--seed", type=int, **option)
     custom.add_argument("--min_duration", type=float, **option)
     custom.add_argument("--extensions", nargs="+", **option)
     custom.add_argument("--num_workers", type=int, **option)
+    custom.add_argument("--valid_trial_list", **option,
+                        help="your own validation trial list (paths relative to data_folder) instead of a drawn one")
     custom.set_defaults(function=prepare_custom_corpus)
 
     noise = commands.add_parser("noise", help="MUSAN / RIRS_NOISES / other folders -> AddNoise/AddReverb CSVs")

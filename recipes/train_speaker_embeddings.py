@@ -432,6 +432,7 @@ def prepare_data(hparams: dict) -> dict:
         seed=hparams["prep_seed"],
         min_duration=hparams["min_duration"],
         num_workers=hparams["prep_workers"],
+        valid_trial_list=hparams["valid_trial_list"],
     )
     if hparams["data_prep"] == "voxceleb":
         return prepare_voxceleb(

@@ -1,4 +1,4 @@
-"""Data preparation: manifests, VoxCeleb, custom corpora and noise/RIR CSVs.
+"""Data: manifests, VoxCeleb, custom corpora, noise/RIR CSVs, trial lists, audio reading and pipelines.
 
 Authors
  * lap-speechbrain contributors 2026

@@ -2,7 +2,8 @@
 
 Some speakers are held out from training (chosen by a seeded draw) and a
 balanced VoxCeleb-format trial list is drawn over their utterances; the
-training recipe selects checkpoints by the EER on that list.
+training recipe selects checkpoints by the EER on that list. A trial list of
+one's own can take its place (its speakers are then the held-out ones).
 
 Authors
  * lap-speechbrain contributors 2026
@@ -16,6 +17,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lap_speechbrain.data.manifest import (
     PathLike,
+    file_fingerprint,
     folder_fingerprint,
     is_prepared,
     mark_prepared,
@@ -25,9 +27,10 @@ from lap_speechbrain.data.manifest import (
     speaker_encoder,
     write_csv,
 )
-from lap_speechbrain.data.trials import Trial, write_trials
+from lap_speechbrain.data.trials import Trial, Trials, read_trials, write_trials
 
 logger = logging.getLogger(__name__)
+
 
 def hold_out_speakers(
     rows: Sequence[Mapping[str, object]], num_valid_speakers: int, seed: int
@@ -159,15 +162,64 @@ def validation_trials(
     return make_trials(utterances, num_trials, seed)
 
 
+def split_by_trials(
+    rows: Sequence[Mapping[str, object]], trials: Trials
+) -> Tuple[List[Mapping[str, object]], List[Mapping[str, object]]]:
+    """Splits manifest rows into training rows and the rows of the speakers of a trial list.
+
+    Arguments
+    ---------
+    rows : sequence of mappings
+        Manifest rows (``ID``, ``wav`` and ``spk_id`` are used).
+    trials : Trials
+        A trial list over these rows: paths are ``ID`` + the file's extension.
+
+    Returns
+    -------
+    train_rows, valid_rows : list
+        Rows of the speakers the list does not name, and of those it names.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the utterances of the list that no row holds.
+    ValueError
+        If the list names every speaker.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> rows = [{"ID": f"s{i}/u", "wav": f"/c/s{i}/u.wav", "spk_id": f"s{i}"} for i in range(3)]
+    >>> train, valid = split_by_trials(rows, Trials(np.array([0]), ["s0/u.wav"], ["s1/u.wav"]))
+    >>> [row["spk_id"] for row in train], [row["spk_id"] for row in valid]
+    (['s2'], ['s0', 's1'])
+    """
+    found = {str(row["ID"]) + Path(str(row["wav"])).suffix for row in rows}
+    missing = [utterance for utterance in trials.utterances if utterance not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} utterance(s) of {trials.path or 'the trial list'} are not in the corpus "
+            f"(missing, unreadable or shorter than min_duration): " + ", ".join(missing[:20])
+            + (" ..." if len(missing) > 20 else "")
+        )
+    speakers = {utterance.split("/", 1)[0] for utterance in trials.utterances}
+    train_rows = [row for row in rows if row["spk_id"] not in speakers]
+    valid_rows = [row for row in rows if row["spk_id"] in speakers]
+    if not train_rows:
+        raise ValueError(f"{trials.path or 'the trial list'} names every speaker of the corpus: none is left to train on")
+    return train_rows, valid_rows
+
+
 def prepare_custom_corpus(
     data_folder: PathLike,
     save_folder: PathLike,
-    num_valid_speakers: int,
-    num_valid_trials: int,
+    num_valid_speakers: Optional[int] = None,
+    num_valid_trials: Optional[int] = None,
     seed: int = 1234,
     min_duration: float = 1.0,
     extensions: Sequence[str] = (".wav", ".flac"),
     num_workers: Optional[int] = None,
+    valid_trial_list: Optional[PathLike] = None,
 ) -> Dict[str, str]:
     """Prepares a corpus laid out as ``<data_folder>/<speaker>/**/*.{wav,flac}`` for training.
 
@@ -183,10 +235,12 @@ def prepare_custom_corpus(
         The corpus root; each sub-folder is a speaker.
     save_folder : str or Path
         Where the outputs go.
-    num_valid_speakers : int
-        Speakers held out from training for validation.
-    num_valid_trials : int
-        Trials in ``valid_trials.txt`` (half target).
+    num_valid_speakers : int, optional
+        Speakers held out from training for validation (needed unless
+        ``valid_trial_list`` is given).
+    num_valid_trials : int, optional
+        Trials in ``valid_trials.txt`` (half target; needed unless
+        ``valid_trial_list`` is given).
     seed : int
         Seed of the held-out speakers and of the trials.
     min_duration : float
@@ -195,6 +249,11 @@ def prepare_custom_corpus(
         Audio extensions to collect.
     num_workers : int, optional
         Threads reading audio headers.
+    valid_trial_list : str or Path, optional
+        A trial list of one's own over the corpus (paths relative to
+        ``data_folder``) to use as ``valid_trials.txt``: the speakers it names
+        are held out, no others; ``num_valid_speakers`` and
+        ``num_valid_trials`` are not used.
 
     Returns
     -------
@@ -210,6 +269,11 @@ def prepare_custom_corpus(
         "valid_trials": str(save_folder / "valid_trials.txt"),
         "label_encoder": str(save_folder / "label_encoder.txt"),
     }
+    valid_path = Path(valid_trial_list).expanduser().absolute() if valid_trial_list is not None else None
+    if valid_path is not None and not valid_path.is_file():
+        raise FileNotFoundError(f"valid_trial_list {valid_path} not found")
+    if valid_path is None and (num_valid_speakers is None or num_valid_trials is None):
+        raise ValueError("pass num_valid_speakers and num_valid_trials, or a valid_trial_list of your own")
     options_file = save_folder / "prepare_custom.json"
     options = {
         "data_folder": str(data_folder),
@@ -219,15 +283,23 @@ def prepare_custom_corpus(
         "seed": seed,
         "min_duration": min_duration,
         "extensions": sorted(extensions),
+        "valid_trial_list": [str(valid_path), file_fingerprint(valid_path)] if valid_path else None,
     }
     if is_prepared(options_file, options, outputs.values()):
         logger.info("Custom corpus already prepared in %s; skipping.", save_folder)
         return outputs
     options_file.unlink(missing_ok=True)  # a crash below must not leave a stale "done" mark
 
-    rows = scan_audio(data_folder, extensions, min_duration, num_workers=num_workers)
-    train_rows, valid_rows = hold_out_speakers(rows, num_valid_speakers, seed)
-    trials = validation_trials(valid_rows, num_valid_trials, seed)
+    given = read_trials(valid_path) if valid_path else None  # a bad list fails before the scan
+    rows = scan_audio(
+        data_folder, extensions, min_duration, num_workers=num_workers, listing=save_folder / "unusable_files.txt"
+    )
+    if given is not None:
+        train_rows, valid_rows = split_by_trials(rows, given)
+        trials = list(given)
+    else:
+        train_rows, valid_rows = hold_out_speakers(rows, num_valid_speakers, seed)
+        trials = validation_trials(valid_rows, num_valid_trials, seed)
     write_csv(train_rows, outputs["train"])
     write_csv(valid_rows, outputs["valid"])
     write_trials(trials, outputs["valid_trials"])
@@ -239,6 +311,6 @@ def prepare_custom_corpus(
         len(train_rows),
         len({row["spk_id"] for row in train_rows}),
         len(trials),
-        num_valid_speakers,
+        len({row["spk_id"] for row in valid_rows}),
     )
     return outputs

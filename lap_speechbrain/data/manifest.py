@@ -4,8 +4,8 @@ A manifest is the CSV every recipe reads (columns ``ID,duration,wav,spk_id``):
 ``ID`` is the path relative to the audio root without extension (posix
 separators), ``duration`` is in seconds, ``wav`` is the absolute path and
 ``spk_id`` the speaker folder name. Scanning reads only the audio headers
-(``soundfile.SoundFile`` opened, never decoded) in a thread pool, so a million-file corpus is listed
-without decoding any audio.
+(``soundfile.SoundFile`` opened, never decoded) in a thread pool, so a
+million-file corpus is listed without decoding any audio.
 
 This module also holds the small pieces the preparation functions share:
 atomic writes, the deterministic speaker-to-label mapping and the
@@ -20,11 +20,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import soundfile
 from speechbrain.dataio.encoder import CategoricalEncoder
@@ -67,8 +68,8 @@ class AudioInfo:
 def _probe(path: str, min_duration: float) -> Union[AudioInfo, str]:
     """Reads one header; returns the info, or the reason the file is skipped."""
     try:
-        # Opening reads the header only; 1.5x faster than soundfile.info, which
-        # also formats the file's extra info.
+        # Opening reads the header only. speechbrain.dataio.audio_io.info calls
+        # soundfile.info, which also formats the file's extra info: 3x slower here.
         with soundfile.SoundFile(path) as file:
             frames, sample_rate, channels = file.frames, file.samplerate, file.channels
     except Exception as error:  # libsndfile raises several types for bad files
@@ -207,11 +208,143 @@ def require_outside(folder: PathLike, root: PathLike, what: str) -> None:
         raise ValueError(f"{what} {folder} is inside the input folder {root}; choose a folder outside it")
 
 
+def _inside(real_path: str, real_folders: Iterable[str]) -> bool:
+    """Whether a resolved path is one of ``real_folders`` or lies below one."""
+    return any(real_path == folder or real_path.startswith(os.path.join(folder, "")) for folder in real_folders)
+
+
+def _boundaries(folder: PathLike, within: Optional[PathLike]) -> Tuple[str, ...]:
+    """Real paths inside which links are not followed: the walked tree and ``within``."""
+    return tuple({os.path.realpath(folder), os.path.realpath(within if within is not None else folder)})
+
+
+def walk_once(
+    folder: PathLike, within: Optional[PathLike] = None, quiet: bool = False
+) -> Iterator[Tuple[str, List[os.DirEntry], Optional[str]]]:
+    """Walks a tree top-down, following symlinks but entering each real folder once.
+
+    A link that leads inside the tree or inside ``within`` (a symlink loop,
+    or an alias of a folder of the tree) is not followed: that folder is
+    walked at its own path. A link that leads elsewhere is followed, once per real folder. Each
+    link not followed gets one warning naming it and its target. So the walk
+    always ends and reaches no folder twice.
+
+    Arguments
+    ---------
+    folder : str or Path
+        Root of the tree.
+    within : str or Path, optional
+        Links leading inside this folder are not followed either (scanning
+        one speaker's folder passes the corpus root).
+    quiet : bool
+        No warnings (for walks that only fingerprint or probe a tree that the
+        listing walk reports on).
+
+    Yields
+    ------
+    (str, list of os.DirEntry, str or None)
+        A directory; its non-folder entries, sorted by name; and its real
+        path if it was reached through a link (else None). Directories come in
+        a fixed (sorted, depth-first) order.
+
+    Example
+    -------
+    >>> root = Path(str(getfixture("tmpdir")))
+    >>> (root / "b").mkdir()
+    >>> (root / "a").symlink_to("b")
+    >>> (root / "b" / "loop").symlink_to("..")
+    >>> [Path(d).relative_to(root).as_posix() for d, _, _ in walk_once(root, quiet=True)]
+    ['.', 'b']
+    """
+    folder = os.fspath(folder)
+    boundaries = _boundaries(folder, within)
+    entered = set()  # real paths of the folders reached through links
+    # Depth-first with os.scandir: whether an entry is a folder or a link comes
+    # with the listing, so a tree without links costs no extra system call.
+    stack: List[Tuple[str, Optional[str]]] = [(folder, None)]
+    while stack:
+        directory, real = stack.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as error:  # removed or made unreadable while walking
+            if not quiet:
+                logger.warning("Skipping folder %s: %s", directory, error)
+            continue
+        files, subdirs = [], []
+        for entry in entries:
+            if not entry.is_dir():  # follows links; a broken link is a file whose read fails later
+                files.append(entry)
+                continue
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if _inside(target, boundaries) or target in entered:
+                    if not quiet:
+                        logger.warning(
+                            "Not following %s: it leads to %s, a folder listed at its own path "
+                            "(a symlink loop or a second link to one folder)",
+                            entry.path, target,
+                        )
+                    continue
+            elif real is None:
+                subdirs.append((entry.path, None))
+                continue
+            else:
+                target = os.path.join(real, entry.name)
+                if target in entered:  # also reached through another link
+                    continue
+            entered.add(target)
+            subdirs.append((entry.path, target))
+        yield directory, files, real
+        stack.extend(reversed(subdirs))
+
+
+def _list_audio(
+    folder: PathLike, extensions: frozenset, within: Optional[PathLike] = None
+) -> List[Tuple[str, Optional[str]]]:
+    """Audio files under ``folder``, each real file once; the real path of those reached through links."""
+    boundaries = _boundaries(folder, within)
+
+    def wanted(name: str) -> bool:
+        return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
+
+    found: List[Tuple[str, Optional[str]]] = []
+    first: Dict[str, str] = {}
+    repeated = []
+    for _, entries, real in walk_once(folder, within):
+        for entry in entries:
+            if not wanted(entry.name):
+                continue
+            target = None  # files reached without links are unique: no system call for them
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if _inside(target, boundaries) and wanted(os.path.basename(target)):
+                    repeated.append((entry.path, target))  # listed at its own path
+                    continue
+            elif real is not None:
+                target = os.path.join(real, entry.name)
+            if target is not None and target in first:
+                repeated.append((entry.path, first[target]))
+                continue
+            if target is not None:
+                first[target] = entry.path
+            found.append((entry.path, target))
+    if repeated:
+        logger.warning(
+            "%d file(s) under %s are links to files listed at another path and are counted once, e.g. %s -> %s",
+            len(repeated), folder, *repeated[0],
+        )
+    return found
+
+
 def find_audio_files(folder: PathLike, extensions: Iterable[str]) -> List[str]:
     """Lists audio files under ``folder`` (recursively, following symlinks), sorted.
 
-    Hidden files (names starting with ``.``) are left out: they are temporary
-    files of interrupted writes or macOS ``._*`` metadata, not audio.
+    Each real folder is entered once and each real file listed once, so
+    symlink loops and duplicate links neither hang the listing nor repeat a
+    file (see :func:`walk_once`). Hidden files (names starting with ``.``) are
+    left out: they are temporary files of interrupted writes or macOS ``._*``
+    metadata, not audio.
 
     Arguments
     ---------
@@ -225,15 +358,7 @@ def find_audio_files(folder: PathLike, extensions: Iterable[str]) -> List[str]:
     list of str
         Sorted paths.
     """
-    extensions = _normalise_extensions(extensions)
-    found = []
-    for directory, _, files in os.walk(folder, followlinks=True):
-        found.extend(
-            os.path.join(directory, name)
-            for name in files
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
-        )
-    return sorted(found)
+    return sorted(path for path, _ in _list_audio(folder, _normalise_extensions(extensions)))
 
 
 def _normalise_extensions(extensions: Iterable[str]) -> frozenset:
@@ -243,6 +368,59 @@ def _normalise_extensions(extensions: Iterable[str]) -> frozenset:
     return normalised
 
 
+# SpeechBrain's CSV loader replaces "$name" in every field by a replacement
+# given when loading (speechbrain.dataio.dataio.load_data_csv).
+_CSV_VARIABLE = re.compile(r"\$[\w.]+")
+# An error lists this many files; the listing file holds them all.
+_MAX_LISTED = 20
+
+
+def _printable(text: str) -> str:
+    """``text`` (holding file names) with bytes that are not UTF-8 shown as ``\\xNN`` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _unusable_names(files: Sequence[str], prefix: int) -> List[Tuple[str, str]]:
+    """(file, reason) for each file whose name a manifest or trial list cannot hold."""
+    problems = []
+    first_of_id: Dict[str, str] = {}
+    for path in files:
+        relative = path[prefix:]
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append((path, "the name is not valid UTF-8 (manifests and trial lists are UTF-8)"))
+            continue
+        if any(character.isspace() for character in relative):
+            problems.append((path, "white space in the name (trial lists are separated by white space)"))
+        variable = _CSV_VARIABLE.search(path)
+        if variable:
+            problems.append(
+                (path, f"{variable.group()!r} in the path (SpeechBrain's CSV loader reads $name as a variable)")
+            )
+        uid = os.path.splitext(relative)[0]
+        if uid in first_of_id:
+            problems.append((path, f"the same ID as {first_of_id[uid]} (only the extension differs)"))
+        else:
+            first_of_id[uid] = path
+    return problems
+
+
+def _raise_unusable(problems: Sequence[Tuple[str, str]], root: Path, listing: Optional[PathLike]) -> None:
+    """Raises a ValueError naming the unusable files (all of them in ``listing``)."""
+    lines = [_printable(f"{path}: {reason}") for path, reason in problems]
+    where = ""
+    if listing is not None:
+        with atomic_open(listing) as file:
+            file.writelines(line + "\n" for line in lines)
+        where = f" (all listed in {listing})"
+    raise ValueError(
+        f"{len(problems)} file(s) under {root} cannot be used{where}; rename, move or remove them:\n  "
+        + "\n  ".join(lines[:_MAX_LISTED])
+        + ("\n  ..." if len(lines) > _MAX_LISTED else "")
+    )
+
+
 def scan_audio(
     root: PathLike,
     extensions: Iterable[str] = (".wav", ".flac"),
@@ -250,11 +428,22 @@ def scan_audio(
     speakers: Optional[Iterable[str]] = None,
     num_workers: Optional[int] = None,
     desc: Optional[str] = None,
+    listing: Optional[PathLike] = None,
 ) -> List[Dict[str, object]]:
     """Builds manifest rows for an audio tree laid out as ``<root>/<speaker>/**/*.<ext>``.
 
     Only headers are read (in parallel); bad files are skipped with a warning
-    each and a count at the end (see :func:`probe_audio`).
+    each and a count at the end (see :func:`probe_audio`). Symlinks that lead
+    outside ``root`` are followed; a link to a file or folder inside ``root``
+    is not (that file or folder is listed at its own path, with a warning
+    naming the link), and each real folder is entered once (see
+    :func:`walk_once`): symlink loops end and no file appears under two IDs.
+
+    Files the recipes cannot use are refused before any header is read, all
+    in one error: names with white space (trial lists are separated by it),
+    names that are not UTF-8, paths with ``$name`` (SpeechBrain's CSV loader
+    substitutes it), two files whose paths differ only in the extension (one
+    ID), and one file outside ``root`` linked from two speaker folders (two labels).
 
     Arguments
     ---------
@@ -271,11 +460,19 @@ def scan_audio(
         Threads reading headers.
     desc : str, optional
         Progress-bar label (default: ``"Scanning <root>"``); ``""`` hides it.
+    listing : str or Path, optional
+        Where the full list of unusable files is written when there are any
+        (the error itself names the first 20).
 
     Returns
     -------
     list of dict
         Rows with keys ``ID, duration, wav, spk_id``, sorted by ``ID``.
+
+    Raises
+    ------
+    ValueError
+        Some files cannot be used (each named with the reason).
 
     Example
     -------
@@ -305,18 +502,31 @@ def scan_audio(
                 f"{len(missing)} speaker folder(s) missing under {root}: " + ", ".join(missing)
             )
     # Listing folders waits on storage like header reads do: one speaker per thread.
+    # Links leading anywhere inside the root are not followed (the files there
+    # are listed at their own path), so no speaker lists another's files.
     with ThreadPoolExecutor(max_workers=_default_workers(num_workers)) as pool:
-        listings = pool.map(lambda folder: find_audio_files(folder, extensions), speaker_dirs)
-        files = [path for listing in listings for path in listing]
+        listings = list(pool.map(lambda folder: _list_audio(folder, extensions, root), speaker_dirs))
+    files, owner, problems = [], {}, []
+    for listing_of_speaker in listings:
+        for path, target in listing_of_speaker:
+            if target is not None and target in owner:  # links from two speakers to one file outside
+                problems.append((path, f"the same file as {owner[target]} (two speaker folders)"))
+                continue
+            if target is not None:
+                owner[target] = path
+            files.append(path)
     if not files:
         raise FileNotFoundError(
             f"no audio files with extensions {sorted(extensions)} under "
             f"{root} (expected <root>/<speaker>/**/<utterance>)"
         )
+    prefix = len(os.path.join(str(root), ""))
+    problems += _unusable_names(files, prefix)
+    if problems:
+        _raise_unusable(problems, root, listing)
     infos = probe_audio(
         files, min_duration, num_workers, desc=f"Scanning {root}" if desc is None else desc
     )
-    prefix = len(os.path.join(str(root), ""))
     rows = []
     for info in infos:
         relative = os.path.splitext(info.path[prefix:])[0].replace(os.sep, "/")
@@ -452,8 +662,7 @@ def folder_fingerprint(folder: PathLike) -> str:
     """
     folder = Path(folder)
     digest = hashlib.sha1()
-    for directory, subdirs, _ in os.walk(folder, followlinks=True):
-        subdirs.sort()
+    for directory, _, _ in walk_once(folder, quiet=True):
         relative = Path(directory).relative_to(folder).as_posix()
         digest.update(f"{relative}\0{os.stat(directory).st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -1,10 +1,12 @@
 """Training and validation data pipelines: random crops and speed perturbation.
 
 The pipelines read the utterance manifests (``ID,duration,wav,spk_id``) into
-SpeechBrain ``DynamicItemDataset``s. Training items are random crops read with
-soundfile by frame range, so a crop never decodes a whole long file; short
-files are wrap-padded. Speed perturbation happens per utterance in the data
-pipeline, because it changes the label (each speed is a new class). Additive
+SpeechBrain ``DynamicItemDataset``s. Training items are random crops that
+decode only their frames, so a crop never decodes a whole long file; short
+files are wrap-padded. Files at another sample rate or with several channels
+are read as inference reads them (:mod:`lap_speechbrain.data.audio`). Speed
+perturbation happens per utterance in the data pipeline, because it changes
+the label (each speed is a new class). Additive
 noise and reverberation run on the batch, on the training device
 (:mod:`lap_speechbrain.augment`).
 
@@ -12,77 +14,58 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import math
 import random
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import numpy as np
-import soundfile
 import torch
 import torchaudio.functional as AF
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.data_pipeline import provides, takes
 
+from lap_speechbrain.data.audio import read_audio
+
 PathLike = Union[str, Path]
 
 
-def _check_rate(path: str, sample_rate: int, expected: int) -> None:
-    if sample_rate != expected:
-        raise ValueError(f"{path}: sample rate {sample_rate} Hz; the recipe expects {expected} Hz")
-
-
-def wrap_pad(signal: np.ndarray, num_samples: int) -> np.ndarray:
+def wrap_pad(signal: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Repeats ``signal`` until it has ``num_samples`` samples (the reference's padding).
 
     Example
     -------
-    >>> wrap_pad(np.array([1.0, 2.0, 3.0]), 7).tolist()
+    >>> wrap_pad(torch.tensor([1.0, 2.0, 3.0]), 7).tolist()
     [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0]
     """
     if len(signal) == 0:
         raise ValueError("cannot wrap-pad an empty signal")
-    return np.resize(signal, num_samples)
+    if len(signal) >= num_samples:
+        return signal[:num_samples]
+    return signal.repeat(math.ceil(num_samples / len(signal)))[:num_samples]
 
 
-def read_crop(path: str, duration: float, num_samples: int, sample_rate: int) -> np.ndarray:
-    """Reads a random ``num_samples`` crop of a file, reading only those frames.
+def read_crop(path: str, num_samples: int, sample_rate: int) -> torch.Tensor:
+    """Reads a random ``num_samples`` crop of a file, decoding only those frames.
 
     Arguments
     ---------
     path : str
-        Audio file (any format soundfile reads).
-    duration : float
-        Its duration in seconds, from the manifest.
+        Audio file (any rate and channel count; see :func:`~lap_speechbrain.data.audio.read_audio`).
     num_samples : int
-        Crop length in samples.
+        Crop length in samples at ``sample_rate``.
     sample_rate : int
-        Expected sample rate.
+        Sample rate of the crop.
 
     Returns
     -------
-    numpy.ndarray
+    torch.Tensor
         (num_samples,) float32, mono; files shorter than the crop are wrap-padded.
     """
-    total = int(duration * sample_rate)
-    start = random.randint(0, total - num_samples) if total > num_samples else 0
-    stop = start + num_samples if total > num_samples else None
-    try:
-        signal, rate = soundfile.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise ValueError(f"{path}: cannot read audio ({error})") from error
-    _check_rate(path, rate, sample_rate)
-    return wrap_pad(signal[:, 0], num_samples)
-
-
-def read_head(path: str, max_samples: Optional[int], sample_rate: int) -> np.ndarray:
-    """Reads the first ``max_samples`` samples of a file (all of it with None)."""
-    try:
-        signal, rate = soundfile.read(path, stop=max_samples, dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise ValueError(f"{path}: cannot read audio ({error})") from error
-    _check_rate(path, rate, sample_rate)
-    return signal[:, 0]
+    signal = read_audio(path, sample_rate, num_samples, random_start=True)
+    if len(signal) == 0:
+        raise ValueError(f"{path}: no audio samples")
+    return wrap_pad(signal, num_samples)
 
 
 def change_speed(signal: torch.Tensor, factor: float, sample_rate: int) -> torch.Tensor:
@@ -138,7 +121,7 @@ def train_dataset(
     crop_seconds : float
         Crop length.
     sample_rate : int
-        Sample rate of the audio.
+        Sample rate the model takes (files at other rates are resampled).
     speed_factors : sequence of float
         Speeds other than 1 (0.9 and 1.1 in the paper).
     speed_prob : float
@@ -152,20 +135,19 @@ def train_dataset(
     num_samples = int(round(crop_seconds * sample_rate))
     dataset = DynamicItemDataset.from_csv(csv_path=str(csv_path))
 
-    @takes("wav", "duration", "spk_id")
+    @takes("wav", "spk_id")
     @provides("sig", "spk_id_encoded")
-    def crop_pipeline(wav: str, duration: float, spk_id: str):
+    def crop_pipeline(wav: str, spk_id: str):
         label = label_encoder.encode_label(spk_id)
         speed_index = 0
         if speed_factors and random.random() < speed_prob:
             speed_index = random.randint(1, len(speed_factors))
         if speed_index == 0:
-            yield torch.from_numpy(read_crop(wav, float(duration), num_samples, sample_rate))
+            yield read_crop(wav, num_samples, sample_rate)
         else:
             factor = speed_factors[speed_index - 1]
-            source = read_crop(wav, float(duration), int(round(num_samples * factor)), sample_rate)
-            changed = change_speed(torch.from_numpy(source), factor, sample_rate)
-            yield torch.from_numpy(wrap_pad(changed.numpy(), num_samples))
+            source = read_crop(wav, int(round(num_samples * factor)), sample_rate)
+            yield wrap_pad(change_speed(source, factor, sample_rate), num_samples)
         yield torch.LongTensor([speed_class(label, speed_index, num_speakers)])
 
     dataset.add_dynamic_item(crop_pipeline)
@@ -196,7 +178,7 @@ def valid_dataset(
     ids : sequence of str
         The utterance IDs to keep (see :func:`utterance_id`).
     sample_rate : int
-        Sample rate of the audio.
+        Sample rate the model takes (files at other rates are resampled).
     max_seconds : float, optional
         Longer utterances are cut to this length to bound memory.
 
@@ -216,7 +198,7 @@ def valid_dataset(
     @takes("wav")
     @provides("sig")
     def audio_pipeline(wav: str):
-        return torch.from_numpy(read_head(wav, max_samples, sample_rate))
+        return read_audio(wav, sample_rate, max_samples)
 
     dataset.add_dynamic_item(audio_pipeline)
     dataset.set_output_keys(["id", "sig"])

@@ -4,13 +4,17 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import codecs
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Tuple, Union
 
 import numpy as np
 
 from lap_speechbrain.fileio import atomic_open
+
+logger = logging.getLogger(__name__)
 
 Trial = Tuple[int, str, str]
 
@@ -53,11 +57,63 @@ class Trials:
         return sorted(set(self.enrol) | set(self.test))
 
 
+def _path_problem(entry: str) -> str:
+    """Why ``entry`` is not a path relative to the audio folder ("" if it is)."""
+    if entry.startswith(("/", "\\")) or entry[1:2] == ":":  # POSIX, UNC or drive-letter path
+        return "is an absolute path"
+    if ".." in entry and ".." in entry.replace("\\", "/").split("/"):
+        return "leaves the audio folder ('..')"
+    return ""
+
+
+def _check_paths(path: Path, text: str, numbers: List[int], enrol: List[str], test: List[str]) -> None:
+    """Raises at the first utterance named by an absolute or ``..`` path."""
+    # Every such path holds one of these; scanning the text for them costs a
+    # third of checking the 1.2 M fields of VoxCeleb1-E one by one.
+    if not any(suspect in text for suspect in ("..", " /", "\t/", " \\", "\t\\", ":")):
+        return
+    for number, first, second in zip(numbers, enrol, test):
+        for entry in (first, second):
+            problem = _path_problem(entry)
+            if problem:
+                raise TrialListError(
+                    f"{path}, line {number}: {entry!r} {problem}; trial lists name utterances "
+                    "relative to the audio folder (e.g. id10270/x6uYqmx31kE/00001.wav)"
+                )
+
+
+def _check_repeats(path: Path, numbers: List[int], labels: List[int], enrol: List[str], test: List[str]) -> None:
+    """Raises if a pair comes back with the other label; warns if it comes back with the same."""
+    pairs = [(e, t) if e < t else (t, e) for e, t in zip(enrol, test)]
+    if len(set(pairs)) == len(pairs):
+        return
+    first_index: Dict[Tuple[str, str], int] = {}
+    repeats = []
+    for index, pair in enumerate(pairs):
+        earlier = first_index.setdefault(pair, index)
+        if earlier == index:
+            continue
+        if labels[earlier] != labels[index]:
+            raise TrialListError(
+                f"{path}, line {numbers[index]}: the pair of line {numbers[earlier]} again, with the other label"
+            )
+        repeats.append((numbers[index], numbers[earlier]))
+    logger.warning(
+        "%s: %d trial(s) repeat an earlier pair (in either order) and are counted again, e.g. line %d repeats line %d",
+        path, len(repeats), *repeats[0],
+    )
+
+
 def read_trials(path: Union[str, Path]) -> Trials:
     """Reads a VoxCeleb-format trial list (``label enrol test`` per line).
 
-    Blank lines are skipped; everything else must have exactly three
-    whitespace-separated fields and a label of 0 or 1.
+    Fields are separated by spaces or tabs; blank lines, Windows line ends
+    and a UTF-8 byte-order mark are accepted. Every other line must have
+    exactly three fields, a label of 0 or 1 and two different utterances
+    named relative to the audio folder (no absolute path, no ``..``). A pair
+    listed again (in either order) with the same label is counted once more
+    and gets a warning; with the other label it is an error. The list must
+    hold both target and non-target trials (no EER or minDCF otherwise).
 
     Arguments
     ---------
@@ -72,8 +128,8 @@ def read_trials(path: Union[str, Path]) -> Trials:
     Raises
     ------
     TrialListError
-        The file is missing or empty, or a line has the wrong number of
-        fields or a label other than 0/1 (the message names file and line).
+        The file is missing, not UTF-8, empty or of one class, or a line
+        breaks a rule above (the message names file and line).
 
     Example
     -------
@@ -88,26 +144,44 @@ def read_trials(path: Union[str, Path]) -> Trials:
     path = Path(path)
     if not path.is_file():
         raise TrialListError(f"trial list {path} does not exist")
-    labels, enrol, test = [], [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3:
-                raise TrialListError(
-                    f"{path}, line {number}: expected 3 fields 'label enrol test', "
-                    f"got {len(fields)}: {line.strip()!r}"
-                )
-            if fields[0] not in ("0", "1"):
-                raise TrialListError(
-                    f"{path}, line {number}: the label must be 0 or 1, got {fields[0]!r}"
-                )
-            labels.append(int(fields[0]))
-            enrol.append(fields[1])
-            test.append(fields[2])
+    content = path.read_bytes()
+    if content.startswith(codecs.BOM_UTF8):
+        content = content[len(codecs.BOM_UTF8):]
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        number = content.count(b"\n", 0, error.start) + 1
+        raise TrialListError(f"{path}, line {number}: not UTF-8 text ({error.reason})") from None
+    labels: List[int] = []
+    enrol: List[str] = []
+    test: List[str] = []
+    numbers: List[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            raise TrialListError(
+                f"{path}, line {number}: expected 3 fields 'label enrol test', "
+                f"got {len(fields)}: {line.strip()!r}"
+            )
+        if fields[0] not in ("0", "1"):
+            raise TrialListError(f"{path}, line {number}: the label must be 0 or 1, got {fields[0]!r}")
+        if fields[1] == fields[2]:
+            raise TrialListError(f"{path}, line {number}: compares {fields[1]} with itself")
+        labels.append(int(fields[0]))
+        enrol.append(fields[1])
+        test.append(fields[2])
+        numbers.append(number)
     if not labels:
         raise TrialListError(f"trial list {path} has no trials")
+    if len(set(labels)) == 1:
+        raise TrialListError(
+            f"trial list {path} has only label {labels[0]} ({len(labels)} trials): an EER or minDCF "
+            "needs both target (1) and non-target (0) trials"
+        )
+    _check_paths(path, text, numbers, enrol, test)
+    _check_repeats(path, numbers, labels, enrol, test)
     return Trials(np.asarray(labels, dtype=np.int64), enrol, test, str(path))
 
 

@@ -34,6 +34,7 @@ from lap_speechbrain.data.manifest import (
     require_outside,
     scan_audio,
     speaker_encoder,
+    walk_once,
     write_csv,
 )
 from lap_speechbrain.data.trials import Trial, read_trials, write_trials
@@ -53,9 +54,10 @@ class MissingDecoderError(RuntimeError):
 def find_ffmpeg(ffmpeg: Optional[str] = None) -> str:
     """Locates an ffmpeg executable to decode ``.m4a`` files.
 
-    libsndfile (soundfile) cannot read AAC and ``torchaudio.load`` needs
-    torchcodec, so conversion calls ffmpeg: the given one, else ``ffmpeg`` on
-    ``PATH``, else the binary bundled with the ``imageio-ffmpeg`` package.
+    libsndfile (soundfile, also behind ``speechbrain.dataio.audio_io``)
+    cannot decode AAC, so conversion calls ffmpeg: the given one, else
+    ``ffmpeg`` on ``PATH``, else the binary bundled with the ``imageio-ffmpeg``
+    package.
 
     Arguments
     ---------
@@ -193,8 +195,8 @@ def _check_trials(
 
 def _contains(folder: Path, extension: str) -> bool:
     """Whether any file under ``folder`` has ``extension`` (stops at the first)."""
-    for _, _, files in os.walk(folder, followlinks=True):
-        if any(name.lower().endswith(extension) and not name.startswith(".") for name in files):
+    for _, files, _ in walk_once(folder, quiet=True):
+        if any(f.name.lower().endswith(extension) and not f.name.startswith(".") for f in files):
             return True
     return False
 
@@ -218,6 +220,7 @@ def prepare_voxceleb(
     num_valid_trials: int = 20000,
     seed: int = 1234,
     min_duration: float = 1.0,
+    valid_trial_list: Optional[PathLike] = None,
     vox2_wav_folder: Optional[PathLike] = None,
     ffmpeg: Optional[str] = None,
     num_workers: Optional[int] = None,
@@ -256,6 +259,13 @@ def prepare_voxceleb(
         Seed of the held-out speakers and of the validation trials.
     min_duration : float
         Shorter training files (seconds) are skipped with a warning.
+    valid_trial_list : str or Path, optional
+        Test-set selection, as the reference does: a VoxCeleb1 trial list (a
+        path, or a name in ``vox1_folder``, e.g. ``veri_test2.txt``) becomes
+        ``valid_trials.txt`` and no training speaker is held out (its own
+        speakers are kept out of training, like those of ``trial_lists``).
+        The EER it selects checkpoints by is then optimistic for that list.
+        ``num_valid_speakers`` and ``num_valid_trials`` are not used.
     vox2_wav_folder : str or Path, optional
         Where converted VoxCeleb2 wavs go (default ``<save_folder>/vox2_wav``).
     ffmpeg : str, optional
@@ -287,6 +297,9 @@ def prepare_voxceleb(
     trial_paths = {Path(p).name: _resolve_trial_list(p, vox1) for p in trial_lists}
     if len(trial_paths) != len(trial_lists):
         raise ValueError(f"trial lists must have distinct file names: {list(trial_lists)}")
+    if valid_trial_list is not None and vox1 is None:
+        raise ValueError("valid_trial_list refers to VoxCeleb1 utterances: pass vox1_folder")
+    valid_path = _resolve_trial_list(valid_trial_list, vox1) if valid_trial_list is not None else None
     vox2_wav = Path(vox2_wav_folder or save_folder / "vox2_wav").absolute()
     for root in (vox1, vox2):
         if root is not None:
@@ -311,6 +324,7 @@ def prepare_voxceleb(
         "vox2_fingerprint": folder_fingerprint(vox2) if vox2 else None,
         "vox2_wav_folder": str(vox2_wav),
         "trial_lists": {name: [str(p), file_fingerprint(p)] for name, p in trial_paths.items()},
+        "valid_trial_list": [str(valid_path), file_fingerprint(valid_path)] if valid_path else None,
         "train_sets": sorted(train_sets),
         "num_valid_speakers": num_valid_speakers,
         "num_valid_trials": num_valid_trials,
@@ -322,22 +336,31 @@ def prepare_voxceleb(
         return outputs
     options_file.unlink(missing_ok=True)  # a crash below must not leave a stale "done" mark
 
+    unusable = save_folder / "unusable_files.txt"
     trials = {name: list(read_trials(path)) for name, path in trial_paths.items()}
-    test_speakers = _speakers_of(trials)
+    # The validation list is checked and scanned like the test lists; its speakers are kept out of training too.
+    listed = dict(trials)
+    if valid_path:
+        valid_key = f"{valid_path.name} (valid_trial_list)"
+        listed[valid_key] = list(read_trials(valid_path))
+    test_speakers = _speakers_of(listed)
     train_rows = []
     if vox1 is not None:
         vox1_speakers = {p.name for p in vox1.iterdir() if p.is_dir() and not p.name.startswith(".")}
         dev_speakers = vox1_speakers - test_speakers if "vox1" in train_sets else set()
         if "vox1" in train_sets and not dev_speakers:
             raise ValueError(
-                f"every VoxCeleb1 speaker appears in the trial lists {sorted(trials)}, so none is "
+                f"every VoxCeleb1 speaker appears in the trial lists {sorted(listed)}, so none is "
                 "left to train on: the E and H lists cover all of VoxCeleb1 and can only be used "
                 "when training on VoxCeleb2; train on 'vox1' with the O list (veri_test2.txt) only"
             )
-        if trials:
+        if listed:
             # Test utterances are kept whatever their length: evaluation uses every trial.
-            test_rows = scan_audio(vox1, (".wav",), speakers=test_speakers, num_workers=num_workers)
-            _check_trials(trials, {row["ID"] + ".wav" for row in test_rows}, save_folder)
+            test_rows = scan_audio(
+                vox1, (".wav",), speakers=test_speakers, num_workers=num_workers, listing=unusable
+            )
+            _check_trials(listed, {row["ID"] + ".wav" for row in test_rows}, save_folder)
+        if trials:
             write_csv(test_rows, outputs["test"])
             for name, path in outputs["trials"].items():
                 write_trials(trials[name], path)
@@ -346,7 +369,7 @@ def prepare_voxceleb(
                 "VoxCeleb1: %d speakers of the trial lists excluded from training.",
                 len(vox1_speakers & test_speakers),
             )
-            train_rows += scan_audio(vox1, (".wav",), min_duration, dev_speakers, num_workers)
+            train_rows += scan_audio(vox1, (".wav",), min_duration, dev_speakers, num_workers, listing=unusable)
     if "vox2" in train_sets:
         if _contains(vox2, ".wav"):
             vox2_root = vox2
@@ -354,12 +377,19 @@ def prepare_voxceleb(
             vox2_root = convert_m4a_to_wav(vox2, vox2_wav, ffmpeg, num_workers=num_workers)
         else:
             raise FileNotFoundError(f"no .wav or .m4a files under the VoxCeleb2 folder {vox2}")
-        train_rows += scan_audio(vox2_root, (".wav",), min_duration, num_workers=num_workers)
+        train_rows += scan_audio(vox2_root, (".wav",), min_duration, num_workers=num_workers, listing=unusable)
 
-    train_rows, valid_rows = hold_out_speakers(train_rows, num_valid_speakers, seed)
+    if valid_path:
+        valid_trials = listed[valid_key]
+        valid_ids = {os.path.splitext(path)[0] for _, enrol, test in valid_trials for path in (enrol, test)}
+        valid_rows = [row for row in test_rows if row["ID"] in valid_ids]
+        logger.info("Validation on %s; no training speaker held out (test-set selection).", valid_path)
+    else:
+        train_rows, valid_rows = hold_out_speakers(train_rows, num_valid_speakers, seed)
+        valid_trials = validation_trials(valid_rows, num_valid_trials, seed)
     write_csv(train_rows, outputs["train"])
     write_csv(valid_rows, outputs["valid"])
-    write_trials(validation_trials(valid_rows, num_valid_trials, seed), outputs["valid_trials"])
+    write_trials(valid_trials, outputs["valid_trials"])
     speaker_encoder((row["spk_id"] for row in train_rows), outputs["label_encoder"])
     mark_prepared(options_file, options)
     logger.info(

@@ -8,10 +8,10 @@ import math
 from pathlib import Path
 from typing import Union
 
-import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional
+
+from lap_speechbrain.data.audio import mix_down, resampler
 
 # The CNN front end of WavLM / wav2vec 2.0 / HuBERT sees 400 samples (25 ms at
 # 16 kHz) per output frame: shorter input yields no frame at all.
@@ -63,7 +63,8 @@ def load_audio(
 
     Example
     -------
-    >>> import tempfile, os
+    >>> import os
+    >>> import numpy as np
     >>> path = os.path.join(str(getfixture("tmpdir")), "stereo_8k.wav")
     >>> sf.write(path, np.zeros((8000, 2), dtype=np.int16), 8000)
     >>> load_audio(path).shape
@@ -77,9 +78,10 @@ def load_audio(
         samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioError(f"{path}: cannot be read as audio ({error})") from error
-    waveform = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=1)))
+    # The same mono and resampling rule as training's data pipeline.
+    waveform = torch.from_numpy(mix_down(samples))
     if sample_rate != target_sample_rate:
-        waveform = torchaudio.functional.resample(waveform, sample_rate, target_sample_rate)
+        waveform = resampler(sample_rate, target_sample_rate)(waveform)
     if waveform.numel() < min_samples:
         raise AudioError(
             f"{path}: too short, {waveform.numel()} samples at {target_sample_rate} Hz "

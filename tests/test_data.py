@@ -1,10 +1,12 @@
-"""Data preparation on tiny audio trees made here: manifests, VoxCeleb, custom corpora, noise CSVs."""
+"""lap_speechbrain.data on tiny audio trees made here: manifests, VoxCeleb, custom corpora, pipelines, noise CSVs."""
 
+import codecs
 import csv
 import importlib.util
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +15,18 @@ import soundfile
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 
+from lap_speechbrain.data.audio import read_audio
 from lap_speechbrain.data.custom import make_trials, prepare_custom_corpus
 from lap_speechbrain.data.manifest import (
+    folder_fingerprint,
     read_csv,
     scan_audio,
     speaker_encoder,
     write_csv,
 )
 from lap_speechbrain.data.noise import prepare_noise_csvs
-from lap_speechbrain.data.trials import read_trials
+from lap_speechbrain.data.pipelines import change_speed, read_crop, train_dataset, valid_dataset
+from lap_speechbrain.data.trials import TrialListError, read_trials
 from lap_speechbrain.data.voxceleb import (
     MissingDecoderError,
     convert_m4a_to_wav,
@@ -124,6 +129,71 @@ def test_scan_audio_missing_root_and_speaker(tmp_path, vox1):
         scan_audio(vox1, speakers=["id10001", "id19999"], desc="")
 
 
+def test_symlink_loops_end_and_each_real_file_is_listed_once(tmp_path, caplog):
+    root = make_tree(tmp_path / "corpus", ["a", "b", "c"])
+    (root / "a" / "vidA" / "up").symlink_to("..")  # back to the speaker folder
+    (root / "a" / "vidA" / "root").symlink_to("../..")  # back to the corpus root
+    (root / "b" / "vidB" / "self").symlink_to(".")  # 40 nested copies before ELOOP
+    (root / "c" / "vidA" / "x").symlink_to("..")  # two links: 2^40 paths before the fix
+    (root / "c" / "vidA" / "y").symlink_to("..")
+    (root / "b" / "alias").symlink_to("vidA")  # a second link to one folder
+    (root / "b" / "vidA" / "again.wav").symlink_to(root / "b" / "vidA" / "00001.wav")
+    (root / "c" / "vidB" / "borrowed.wav").symlink_to(root / "a" / "vidB" / "00001.wav")  # another speaker's
+    make_tree(tmp_path / "elsewhere", ["d"])  # a speaker folder linked from outside, with loops of its own
+    (root / "d").symlink_to(tmp_path / "elsewhere" / "d")
+    (tmp_path / "elsewhere" / "d" / "vidA" / "self").symlink_to(".")
+    (tmp_path / "elsewhere" / "d" / "vidB" / "up").symlink_to("..")
+    result = {}
+
+    def scan():
+        result["fingerprint"] = folder_fingerprint(root)
+        result["rows"] = scan_audio(root, desc="")
+
+    with caplog.at_level(logging.WARNING):
+        worker = threading.Thread(target=scan, daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+    assert not worker.is_alive(), "scanning a tree with symlink loops did not finish"
+    rows = result["rows"]
+    assert len(rows) == 4 * len(VIDEOS) * len(UTTS)
+    assert len({os.path.realpath(row["wav"]) for row in rows}) == len(rows)
+    assert {row["ID"] for row in rows} == {f"{s}/{v}/{u}" for s in "abcd" for v in VIDEOS for u in UTTS}
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    for link in ("a/vidA/up", "a/vidA/root", "b/vidB/self", "c/vidA/x", "b/alias", "d/vidA/self", "d/vidB/up"):
+        assert f"Not following {root / link}" in messages
+    assert "counted once" in messages and "again.wav" in messages and "borrowed.wav" in messages
+
+
+def test_scan_refuses_names_the_recipe_cannot_use(tmp_path):
+    root = make_tree(tmp_path / "corpus", ["a", "b"])
+    write_wav(root / "my speaker" / "vidA" / "00001.wav", 1.2, seed=1)
+    write_wav(root / "a" / "vidA" / "take\t2.wav", 1.2, seed=2)
+    write_wav(root / "a" / "vidA" / "cost$5.wav", 1.2, seed=3)
+    write_wav(root / "a" / "vidA" / "00001.flac", 1.2, seed=4)  # the ID of 00001.wav
+    latin1 = write_wav(root / "b" / "vidA" / "cafe.wav", 1.2, seed=5)
+    os.rename(os.fsencode(latin1), os.fsencode(latin1.parent) + b"/caf\xe9.wav")
+    outside = write_wav(tmp_path / "elsewhere" / "shared.wav", 1.2, seed=6)
+    (root / "a" / "vidB" / "shared.wav").symlink_to(outside)
+    (root / "b" / "vidB" / "shared.wav").symlink_to(outside)  # one file, two labels
+    listing = tmp_path / "save" / "unusable_files.txt"
+    with pytest.raises(ValueError, match="6 file") as error:
+        scan_audio(root, desc="", listing=listing)
+    lines = listing.read_text().splitlines()
+    assert len(lines) == 6
+    for name, reason in [
+        ("my speaker/vidA/00001.wav", "white space"),
+        ("take\t2.wav", "white space"),
+        ("cost$5.wav", "'$5.wav'"),
+        ("a/vidA/00001", "only the extension differs"),
+        ("caf\\xe9.wav", "not valid UTF-8"),
+        ("b/vidB/shared.wav", "two speaker folders"),
+    ]:
+        assert any(name in line and reason in line for line in lines), (name, lines)
+        assert name.split("/")[-1] in str(error.value)
+    with pytest.raises(ValueError, match="unusable_files.txt"):
+        prepare_custom_corpus(root, tmp_path / "save", num_valid_speakers=2, num_valid_trials=4)
+
+
 def test_write_csv_atomic_round_trip(tmp_path):
     rows = [{"ID": "s/v/u", "duration": 2.25, "wav": "/x/s/v/u.wav", "spk_id": "s"}]
     path = tmp_path / "out" / "m.csv"
@@ -148,6 +218,65 @@ def test_speaker_encoder_is_deterministic(tmp_path):
     loaded.load(tmp_path / "a" / "label_encoder.txt")
     assert loaded.lab2ind == first.lab2ind
     assert (tmp_path / "a" / "label_encoder.txt").read_bytes() == (tmp_path / "b" / "label_encoder.txt").read_bytes()
+
+
+# --------------------------------------------------------------------------- trial lists
+
+GOOD_TRIALS = ["1 a/v/1.wav a/v/2.wav", "0 a/v/1.wav b/v/1.wav", "1 b/v/1.wav b/v/2.wav", "0 a/v/2.wav b/v/2.wav"]
+
+
+def test_trial_lists_from_other_editors_read_the_same(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("\n".join(GOOD_TRIALS) + "\n")
+    expected = list(read_trials(plain))
+    variants = {
+        "bom.txt": codecs.BOM_UTF8 + "\n".join(GOOD_TRIALS).encode(),
+        "crlf.txt": "\r\n".join(GOOD_TRIALS).encode() + b"\r\n",
+        "tabs.txt": "\n".join(line.replace(" ", "\t") for line in GOOD_TRIALS).encode(),
+    }
+    for name, content in variants.items():
+        (tmp_path / name).write_bytes(content)
+        assert list(read_trials(tmp_path / name)) == expected, name
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("1 a/v/1.wav a/v/1.wav", "line 5: compares a/v/1.wav with itself"),
+        ("0 a/v/2.wav a/v/1.wav", "line 5: the pair of line 1 again, with the other label"),
+        ("0 ../x/v/1.wav a/v/1.wav", r"line 5: '../x/v/1.wav' leaves the audio folder"),
+        ("0 a/v/1.wav a/../../etc/x.wav", r"line 5: 'a/../../etc/x.wav' leaves the audio folder"),
+        ("0 /etc/x.wav a/v/1.wav", "line 5: '/etc/x.wav' is an absolute path"),
+        ("0 a/v/1.wav C:\\data\\x.wav", "line 5: .*is an absolute path"),
+    ],
+)
+def test_trial_list_lines_that_would_mislead_are_refused(tmp_path, extra, message):
+    path = tmp_path / "trials.txt"
+    path.write_text("\n".join(GOOD_TRIALS + [extra]) + "\n")
+    with pytest.raises(TrialListError, match=f"trials.txt, {message}"):
+        read_trials(path)
+
+
+def test_trial_lists_of_one_class_or_not_utf8_are_refused(tmp_path):
+    for label in ("0", "1"):
+        path = tmp_path / f"only_{label}.txt"
+        path.write_text("".join(line + "\n" for line in GOOD_TRIALS if line.startswith(label)))
+        with pytest.raises(TrialListError, match=f"only_{label}.txt has only label {label} .2 trials."):
+            read_trials(path)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(("\n".join(GOOD_TRIALS) + "\n0 a/v/caf\xe9.wav b/v/1.wav\n").encode("latin-1"))
+    with pytest.raises(TrialListError, match="latin1.txt, line 5: not UTF-8"):
+        read_trials(latin1)
+
+
+def test_repeated_trials_are_counted_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "trials.txt"
+    path.write_text("\n".join(GOOD_TRIALS + ["1 a/v/2.wav a/v/1.wav", GOOD_TRIALS[1]]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="lap_speechbrain.data.trials"):
+        trials = read_trials(path)
+    assert len(trials) == len(GOOD_TRIALS) + 2
+    assert any("2 trial(s) repeat" in r.getMessage() and "line 5 repeats line 1" in r.getMessage()
+               for r in caplog.records)
 
 
 # --------------------------------------------------------------------------- VoxCeleb
@@ -206,11 +335,37 @@ def test_voxceleb1_with_whole_corpus_trials_refuses_to_train(tmp_path, vox1):
     everyone = tmp_path / "list_test_all2.txt"
     speakers = TEST_SPEAKERS + DEV_SPEAKERS
     everyone.write_text("".join(
-        f"0 {a}/vidA/00001.wav {b}/vidA/00001.wav\n" for a, b in zip(speakers, speakers[1:])
+        f"0 {a}/vidA/00001.wav {b}/vidA/00001.wav\n1 {a}/vidA/00001.wav {a}/vidB/00001.wav\n"
+        for a, b in zip(speakers, speakers[1:])
     ))
     with pytest.raises(ValueError, match="none is left to train on"):
         prepare_voxceleb(tmp_path / "s", vox1_folder=vox1, trial_lists=[everyone], train_sets=["vox1"],
                          num_valid_speakers=2, num_valid_trials=4)
+
+
+def test_voxceleb_test_set_selection_trains_on_every_speaker(tmp_path, vox1):
+    o_list = write_o_list(tmp_path / "veri_test2.txt")
+    vox2 = make_tree(tmp_path / "vox2", ["id00012", "id00015", "id00017"])
+    kwargs = dict(vox1_folder=vox1, vox2_folder=vox2, trial_lists=[o_list], train_sets=["vox2"],
+                  num_valid_speakers=2, num_valid_trials=8, valid_trial_list=o_list)
+    out = prepare_voxceleb(tmp_path / "save", **kwargs)
+    assert speakers_in(out["train"]) == {"id00012", "id00015", "id00017"}  # nobody held out
+    assert speakers_in(out["valid"]) == set(TEST_SPEAKERS)
+    assert list(read_trials(out["valid_trials"])) == list(read_trials(o_list))
+    valid_ids = {row["ID"] for row in read_csv(out["valid"])}
+    assert {u[:-4] for u in read_trials(o_list).utterances} <= valid_ids
+    encoder = CategoricalEncoder()
+    encoder.load(out["label_encoder"])
+    assert len(encoder) == 3
+    # Training on VoxCeleb1 instead: the list's speakers stay out of training, no other is held out.
+    out = prepare_voxceleb(tmp_path / "save1", **{**kwargs, "train_sets": ["vox1"], "trial_lists": []})
+    assert speakers_in(out["train"]) == set(DEV_SPEAKERS) and "test" not in out
+    # An edited list is a new input: prepared again.
+    write_o_list(o_list, speakers=TEST_SPEAKERS[::-1])
+    out = prepare_voxceleb(tmp_path / "save", **kwargs)
+    assert list(read_trials(out["valid_trials"])) == list(read_trials(o_list))
+    with pytest.raises(ValueError, match="valid_trial_list refers to VoxCeleb1"):
+        prepare_voxceleb(tmp_path / "s", vox2_folder=vox2, valid_trial_list=o_list)
 
 
 def test_voxceleb_idempotent(tmp_path, vox1):
@@ -333,6 +488,24 @@ def test_custom_corpus_split_and_trials(tmp_path):
     assert [os.stat(p).st_mtime_ns for p in out.values()] == mtimes
 
 
+def test_custom_corpus_with_its_own_validation_list(tmp_path):
+    data = make_tree(tmp_path / "corpus", ["a", "b", "c", "d"])
+    own = tmp_path / "my_trials.txt"
+    own.write_text("1 a/vidA/00001.wav a/vidB/00002.wav\n0 a/vidA/00001.wav b/vidA/00001.wav\n")
+    out = prepare_custom_corpus(data, tmp_path / "save", valid_trial_list=own)
+    assert speakers_in(out["train"]) == {"c", "d"} and speakers_in(out["valid"]) == {"a", "b"}
+    assert list(read_trials(out["valid_trials"])) == list(read_trials(own))
+    own.write_text("1 a/vidA/00001.wav a/vidA/00009.wav\n0 a/vidA/00001.wav b/vidA/00001.wav\n")
+    with pytest.raises(FileNotFoundError, match="a/vidA/00009.wav"):
+        prepare_custom_corpus(data, tmp_path / "save", valid_trial_list=own)
+    own.write_text("1 a/vidA/00001.wav a/vidB/00002.wav\n0 c/vidA/00001.wav d/vidA/00001.wav\n"
+                   "0 a/vidA/00001.wav b/vidA/00001.wav\n")
+    with pytest.raises(ValueError, match="names every speaker"):
+        prepare_custom_corpus(data, tmp_path / "save", valid_trial_list=own)
+    with pytest.raises(ValueError, match="or a valid_trial_list"):
+        prepare_custom_corpus(data, tmp_path / "save")
+
+
 def test_custom_corpus_bad_requests(tmp_path):
     data = make_tree(tmp_path / "corpus", ["a", "b", "c"])
     with pytest.raises(ValueError, match="num_valid_speakers=3"):
@@ -348,6 +521,127 @@ def test_custom_corpus_bad_requests(tmp_path):
     trials = make_trials(utts, 24, seed=0)
     assert sorted(label for label, _, _ in trials) == [0] * 12 + [1] * 12
     assert len({frozenset((e, t)) for _, e, t in trials}) == 24
+
+
+# --------------------------------------------------------------------------- training and validation pipelines
+
+
+PIPELINE_SPEAKERS = ["spk_b", "spk_a", "spk_c"]
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    """Three speakers with two files each; every file is a ramp so crops reveal their offset."""
+    rows = []
+    for speaker in PIPELINE_SPEAKERS:
+        for index, seconds in enumerate((0.3, 1.2)):
+            path = tmp_path / speaker / f"{index}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            samples = int(16000 * seconds)
+            soundfile.write(path, (np.arange(samples) / samples * 0.9).astype(np.float32), 16000, subtype="FLOAT")
+            rows.append({"ID": f"{speaker}/{index}", "duration": seconds, "wav": str(path), "spk_id": speaker})
+    path = write_csv(rows, tmp_path / "train.csv")
+    return path, speaker_encoder(PIPELINE_SPEAKERS), rows
+
+
+def test_crops_read_a_contiguous_segment_and_wrap_pad_short_files(manifest):
+    _, _, rows = manifest
+    long_file, short_file = rows[1], rows[0]
+    crop = read_crop(long_file["wav"], 8000, 16000).numpy()
+    step = 0.9 / (1.2 * 16000)
+    assert crop.shape == (8000,)
+    np.testing.assert_allclose(np.diff(crop), step, rtol=1e-3)  # one contiguous piece of the ramp
+    short = read_crop(short_file["wav"], 8000, 16000).numpy()
+    whole, _ = soundfile.read(short_file["wav"], dtype="float32")
+    np.testing.assert_array_equal(short, np.resize(whole, 8000))
+
+
+def tone(seconds: float, rate: int, frequency: float = 440.0) -> np.ndarray:
+    return (0.5 * np.sin(2 * np.pi * frequency * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+
+
+def peak_frequency(signal: torch.Tensor, rate: int) -> float:
+    return float(torch.fft.rfft(signal).abs().argmax()) * rate / len(signal)
+
+
+def test_other_rates_and_channels_are_read_as_inference_reads_them(tmp_path, monkeypatch):
+    from lap_speechbrain.inference.audio import load_audio
+
+    left = tone(3.0, 44100)
+    stereo = tmp_path / "spk_x" / "stereo_44k.wav"
+    stereo.parent.mkdir()
+    soundfile.write(stereo, np.stack([left, -0.5 * left], axis=1), 44100, subtype="FLOAT")
+    # The whole file: what inference loads (channels averaged, then resampled; the
+    # cached resampler differs from torchaudio.functional.resample by float rounding).
+    torch.testing.assert_close(read_audio(stereo, 16000), load_audio(stereo), rtol=0, atol=1e-4)
+    assert read_audio(stereo, 16000).abs().max() == pytest.approx(0.5 * (1 - 0.5) / 2, rel=0.02)  # mean, not channel 0
+    # A 0.5 s crop decodes 0.5 s of the 44.1 kHz file, not the file.
+    frames_read = []
+    original_read = soundfile.SoundFile.read
+    monkeypatch.setattr(soundfile.SoundFile, "read",
+                        lambda self, frames=-1, **kw: frames_read.append(frames) or original_read(self, frames, **kw))
+    crop = read_crop(str(stereo), 8000, 16000)
+    assert frames_read == [22050] and crop.shape == (8000,)
+    assert peak_frequency(crop, 16000) == pytest.approx(440, abs=4)
+    monkeypatch.undo()
+    # The datasets take such files: 8 kHz mono and 44.1 kHz stereo next to 16 kHz.
+    narrow = tmp_path / "spk_y" / "mono_8k.flac"
+    narrow.parent.mkdir()
+    soundfile.write(narrow, tone(1.0, 8000), 8000)
+    rows = [{"ID": "spk_x/stereo_44k", "duration": 3.0, "wav": str(stereo), "spk_id": "spk_x"},
+            {"ID": "spk_y/mono_8k", "duration": 1.0, "wav": str(narrow), "spk_id": "spk_y"}]
+    path = write_csv(rows, tmp_path / "mixed.csv")
+    items = list(train_dataset(path, speaker_encoder(["spk_x", "spk_y"]), crop_seconds=2.0, sample_rate=16000))
+    assert [tuple(item["sig"].shape) for item in items] == [(32000,), (32000,)]
+    valid = {item["id"]: item["sig"] for item in valid_dataset(path, ["spk_x/stereo_44k", "spk_y/mono_8k"], 16000, 2.0)}
+    assert valid["spk_y/mono_8k"].shape == (16000,) and valid["spk_x/stereo_44k"].shape == (32000,)
+
+
+def test_non_finite_audio_is_refused_naming_the_file(tmp_path):
+    broken = tone(1.0, 16000)
+    broken[100] = np.nan
+    path = tmp_path / "nan.wav"
+    soundfile.write(path, broken, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="nan.wav: holds NaN"):
+        read_crop(str(path), 16000, 16000)  # the whole file: the crop holds the NaN
+
+
+def test_speed_perturbation_moves_labels_to_one_class_per_speed(manifest):
+    path, encoder, rows = manifest
+    num_speakers = len(PIPELINE_SPEAKERS)
+    plain = train_dataset(path, encoder, crop_seconds=0.5, sample_rate=16000, speed_factors=(0.9, 1.1), speed_prob=0.0)
+    for item, row in zip(plain, rows):
+        assert int(item["spk_id_encoded"]) == encoder.encode_label(row["spk_id"])
+        assert item["sig"].shape == (8000,)
+
+    perturbed = train_dataset(path, encoder, crop_seconds=0.5, sample_rate=16000, speed_factors=(0.9, 1.1), speed_prob=1.0)
+    offsets = set()
+    for _ in range(8):
+        for item, row in zip(perturbed, rows):
+            label = encoder.encode_label(row["spk_id"])
+            offset = int(item["spk_id_encoded"]) - label
+            assert offset in (num_speakers, 2 * num_speakers)
+            assert item["sig"].shape == (8000,)
+            offsets.add(offset)
+    assert offsets == {num_speakers, 2 * num_speakers}
+
+
+def test_speed_perturbation_changes_duration_and_pitch():
+    tone = torch.sin(2 * torch.pi * 200 * torch.arange(16000) / 16000)
+    faster = change_speed(tone, 1.1, 16000)
+    slower = change_speed(tone, 0.9, 16000)
+    assert abs(len(faster) - 16000 / 1.1) <= 1 and abs(len(slower) - 16000 / 0.9) <= 1
+    peak = torch.fft.rfft(faster).abs().argmax() * 16000 / len(faster)
+    assert abs(float(peak) - 220) < 3
+
+
+def test_valid_dataset_names_missing_trial_utterances(manifest):
+    path, _, _ = manifest
+    dataset = valid_dataset(path, ["spk_a/1", "spk_b/0"], sample_rate=16000, max_seconds=1.0)
+    items = {item["id"]: item["sig"] for item in dataset}
+    assert sorted(items) == ["spk_a/1", "spk_b/0"] and items["spk_a/1"].shape == (16000,)
+    with pytest.raises(ValueError, match="spk_z/0"):
+        valid_dataset(path, ["spk_z/0"], sample_rate=16000)
 
 
 # --------------------------------------------------------------------------- noise CSVs
@@ -437,4 +731,9 @@ def test_prepare_data_cli(tmp_path, capsys):
     assert set(noise) == {"rir"}
     with pytest.raises(SystemExit):
         cli.main(["noise", "--save_folder", "x", "--noise_folders", "no-equals-sign"])
+    own = tmp_path / "own_trials.txt"
+    own.write_text("1 a/vidA/00001.wav a/vidB/00001.wav\n0 a/vidA/00001.wav b/vidA/00001.wav\n")
+    out = cli.main(["custom", "--data_folder", str(data), "--save_folder", str(tmp_path / "own"),
+                    "--valid_trial_list", str(own)])
+    assert list(read_trials(out["valid_trials"])) == list(read_trials(own))
 
