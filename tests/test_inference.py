@@ -7,6 +7,7 @@ a pre-seeded offline Hugging Face cache, and through ``load_encoder``.
 """
 
 import hashlib
+import json
 import shutil
 import socket
 from pathlib import Path
@@ -309,7 +310,11 @@ def test_a_reused_savedir_serves_the_model_asked_for(make_encoder, tiny_wavlm_la
     for name in runs:
         model = load_encoder(f"lap-org/{name}", savedir=tmp_path / "shared")
         assert torch.equal(model.encode_batch(wavs, lens), expected[name]), name
-    assert (tmp_path / "shared" / SAVEDIR_MARKER).is_file()
+    marker = tmp_path / "shared" / SAVEDIR_MARKER
+    assert json.loads(marker.read_text()) == {"source": "lap-org/run_b"}
+    marker.write_text("{damaged")  # damaged by hand: the folder is still ours, its marker is rewritten
+    load_encoder("lap-org/run_a", savedir=tmp_path / "shared")
+    assert json.loads(marker.read_text()) == {"source": "lap-org/run_a"}
 
 
 def test_load_encoder_names_what_is_missing(training_output, tmp_path):

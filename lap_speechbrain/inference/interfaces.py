@@ -318,8 +318,11 @@ def claim_savedir(savedir: PathLike, source: str) -> Path:
             f"savedir {savedir} is not empty and was not made by load_encoder: its files would be "
             "replaced by links to the model's; give a new or empty folder"
         )
-    previous = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
-    if previous.get("source") != source:
+    try:
+        previous = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing (a new or empty folder) or damaged: written anew below
+        previous = None
+    if not isinstance(previous, dict) or previous.get("source") != source:
         atomic_write_json(marker, {"source": source})
         logger.info("savedir %s now holds the files of %s", savedir, source)
     return savedir
