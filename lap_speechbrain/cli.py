@@ -184,6 +184,8 @@ def run_embed(args: argparse.Namespace) -> None:
                           min_samples=model.hparams.min_audio_samples),
         batch_size=args.batch_size,
         max_batch_seconds=args.max_batch_seconds,
+        # Long files as the mean of bounded chunks, as verify does: memory stays bounded.
+        max_chunk_seconds=model.hparams.max_chunk_seconds,
         sample_rate=model.hparams.sample_rate,
         device=args.device,
     )

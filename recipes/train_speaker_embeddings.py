@@ -50,7 +50,7 @@ from lap_speechbrain.data import (
 from lap_speechbrain.data.pipelines import train_dataset, utterance_id, valid_dataset
 from lap_speechbrain.demo.finish import mfcc_baseline_results, verify_examples
 from lap_speechbrain.demo.synthetic import prepare_synthetic_corpus
-from lap_speechbrain.export.folder import export_model, export_training_output
+from lap_speechbrain.export.folder import check_destination, export_model, export_training_output
 from lap_speechbrain.fileio import (
     FolderLock,
     remove_stale_temporaries,
@@ -406,6 +406,9 @@ def check_settings(hparams: dict, hparams_file: str) -> List[str]:
         raise ValueError(f"keep_speed_classes={hparams['keep_speed_classes']!r}; expected True or False")
     if hparams["verify_examples"] and not (hparams["evaluation"] and hparams["export_folder"]):
         raise ValueError("verify_examples needs an evaluation section (its first trial list) and export_folder")
+    if hparams["export_folder"]:
+        # Refused now, not after training: an export_folder that is, holds or lies in the model it copies.
+        check_destination(hparams["export_folder"], [Path(hparams["output_folder"]) / MODEL_FOLDER], overwrite=True)
     augmenting = [name for name in run if hparams[name]["augment"]]
     if kind != "synthetic" and augmenting and not has_noise(hparams):
         raise ValueError(

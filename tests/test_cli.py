@@ -103,6 +103,9 @@ def test_long_files_are_bounded(exported, tmp_path, capsys, monkeypatch):
     assert main(["verify", str(tmp_path / "long.wav"), str(tmp_path / "long.wav"), "--model", str(exported)]) == 0
     assert "same speaker" in capsys.readouterr().out
     assert seen and max(seen) == 8000  # 1.5 s in three 0.5 s chunks
+    seen.clear()
+    assert main(["embed", str(tmp_path / "long.wav"), "--model", str(exported), "--out", str(tmp_path / "e.pt")]) == 0
+    assert seen and max(seen) == 8000  # embed chunks long files as verify does
     assert main(["plot-attention", str(tmp_path / "long.wav"), "--model", str(exported),
                  "--out", str(tmp_path / "lap.png")]) == 0
     captured = capsys.readouterr()

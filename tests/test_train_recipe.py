@@ -338,3 +338,13 @@ def test_a_stage_section_without_a_setting_is_refused(recipe, corpus, tmp_path):
     del hparams["joint"]["epochs"]
     with pytest.raises(ValueError, match=r"section 'joint' lacks \['epochs'\]"):
         recipe.check_settings(hparams, path)
+
+
+def test_an_export_folder_over_the_run_is_refused_before_training(recipe, corpus, tmp_path):
+    """Issue 15.2: --export_folder=<output_folder> would replace the run's checkpoints at the end."""
+    hparams, path = loaded("demo.yaml", {}, tmp_path, corpus["wavlm"])
+    hparams["export_folder"] = hparams["output_folder"]
+    with pytest.raises(ValueError, match=re.escape(str(Path(hparams["output_folder"]).absolute()))):
+        recipe.check_settings(hparams, path)
+    hparams["export_folder"] = str(Path(hparams["output_folder"]) / "exported_model")  # the demo's own choice
+    recipe.check_settings(hparams, path)
