@@ -24,7 +24,7 @@ setup(
     package_data={"lap_speechbrain.export": ["inference.yaml"]},
     install_requires=[
         "speechbrain>=1.1.0",
-        "torch>=2.1",
+        "torch>=2.4",  # device-typed autocast queries (lobes/lap.py)
         "torchaudio>=2.1",
         "transformers>=4.40",
         "hyperpyyaml>=1.2.2",
