@@ -30,6 +30,7 @@ import speechbrain as sb
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from lap_speechbrain.nnet.sync_batchnorm import convert_sync_batchnorm
 from lap_speechbrain.scoring import Trials, compute_eer, cosine_scores
 
 
@@ -118,14 +119,11 @@ class SpeakerBrain(sb.Brain):
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
     def _wrap_distributed(self):
-        """DDP as in SpeechBrain, with SyncBatchNorm only where it exists (CUDA).
+        """DDP as in SpeechBrain, with every BatchNorm synchronised, as in the reference.
 
-        SpeechBrain converts every BatchNorm to ``SyncBatchNorm`` before
-        wrapping a module in DDP, as the WeSpeaker-style reference does; but
-        ``SyncBatchNorm`` refuses CPU modules, so under the gloo backend on CPU
-        the BatchNorms stay per-process. (LAP's input BatchNorm is folded into
-        its projection and computes its own statistics, so it is per-process
-        in either case.)
+        ``convert_sync_batchnorm`` (ours) replaces torch's, which refuses CPU
+        modules: the statistics span all processes under gloo on CPU as under
+        NCCL, LAP's folded input BatchNorm included.
         """
         if not self.distributed_launch:
             super()._wrap_distributed()
@@ -133,8 +131,7 @@ class SpeakerBrain(sb.Brain):
         for name, module in self.modules.items():
             if not any(p.requires_grad for p in module.parameters()):
                 continue
-            if self.device_type == "cuda":
-                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            module = convert_sync_batchnorm(module)
             self.modules[name] = DistributedDataParallel(
                 module,
                 device_ids=[self.device] if self.device_type == "cuda" else None,

@@ -16,7 +16,6 @@ from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_functional
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -98,8 +97,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over the processes; its backward sums the gradients likewise."""
-        group = dist.group.WORLD if self.process_group is None else self.process_group
-        return dist_functional.all_reduce(tensor, group=group)
+        return _AllReduceSum.apply(tensor, self.process_group)
 
     @torch.no_grad()
     def _update_running_stats(
@@ -115,6 +113,23 @@ class SyncBatchNorm(_BatchNorm):
         unbiased = variance * count / (count - 1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over processes: every process's loss depends on the
+    sum, so the gradient is the sum of the processes' gradients. (torch's own,
+    ``torch.distributed.nn.functional.all_reduce``, is deprecated.)"""
+
+    @staticmethod
+    def forward(ctx, tensor, process_group):
+        ctx.process_group = process_group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, group=process_group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllReduceSum.apply(grad, ctx.process_group), None
 
 
 def synchronises(norm: nn.Module) -> bool:
