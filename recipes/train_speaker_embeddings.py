@@ -50,13 +50,18 @@ from lap_speechbrain.data import (
 from lap_speechbrain.data.pipelines import train_dataset, utterance_id, valid_dataset
 from lap_speechbrain.demo.finish import mfcc_baseline_results, verify_examples
 from lap_speechbrain.demo.synthetic import prepare_synthetic_corpus
-from lap_speechbrain.export.folder import check_destination, export_model, export_training_output
+from lap_speechbrain.export.folder import (
+    check_destination,
+    export_model,
+    export_training_output,
+)
 from lap_speechbrain.fileio import (
     FolderLock,
     remove_stale_temporaries,
     reporting_full_disk,
 )
 from lap_speechbrain.inference import load_audio, load_encoder
+from lap_speechbrain.nnet.sync_batchnorm import convert_sync_batchnorm
 from lap_speechbrain.scoring import (
     Trials,
     compute_eer,
@@ -186,14 +191,11 @@ class SpeakerBrain(sb.Brain):
             self.checkpointer.add_recoverable("lr_schedule", self.lr_scheduler)
 
     def _wrap_distributed(self):
-        """DDP as in SpeechBrain, with SyncBatchNorm only where it exists (CUDA).
+        """DDP as in SpeechBrain, with every BatchNorm synchronised, as in the reference.
 
-        SpeechBrain converts every BatchNorm to ``SyncBatchNorm`` before
-        wrapping a module in DDP, as the WeSpeaker-style reference does; but
-        ``SyncBatchNorm`` refuses CPU modules, so under the gloo backend on CPU
-        the BatchNorms stay per-process. (LAP's input BatchNorm is folded into
-        its projection and computes its own statistics, so it is per-process
-        in either case.)
+        ``convert_sync_batchnorm`` (ours) replaces torch's, which refuses CPU
+        modules: the statistics span all processes under gloo on CPU as under
+        NCCL, LAP's folded input BatchNorm included.
         """
         if not self.distributed_launch:
             super()._wrap_distributed()
@@ -201,8 +203,7 @@ class SpeakerBrain(sb.Brain):
         for name, module in self.modules.items():
             if not any(p.requires_grad for p in module.parameters()):
                 continue
-            if self.device_type == "cuda":
-                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            module = convert_sync_batchnorm(module)
             self.modules[name] = DistributedDataParallel(
                 module,
                 device_ids=[self.device] if self.device_type == "cuda" else None,

@@ -7,8 +7,12 @@ project's modules are compared with it here, and ``test_convert.py`` uses it to
 check that converted reference checkpoints compute the same function.
 """
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lap_speechbrain.lobes import (
@@ -55,8 +59,11 @@ def batch_norm(x, state, prefix, dim, batch_stats=False):
     return normalised * state[prefix + ".weight"].view(shape) + state[prefix + ".bias"].view(shape)
 
 
-def reference_lap(state, hidden_states, layer_pooling="max", batch_stats=False):
-    """LAP, section 2. hidden_states (L, B, T, D) -> Y (B, H, T) and alpha (B, h, T, L)."""
+def reference_lap(state, hidden_states, layer_pooling="max", batch_stats=False, gate_dropout=None):
+    """LAP, section 2. hidden_states (L, B, T, D) -> Y (B, H, T) and alpha (B, h, T, L).
+
+    ``gate_dropout``, if given, maps the sigmoid gates (B, h, T, L) to the
+    dropped-out ones (step 5, training only)."""
     x = hidden_states.permute(1, 3, 2, 0)  # X in R^{B x D x T x L}
     x = batch_norm(x, state, LAP + "in_norm", dim=1, batch_stats=batch_stats)
     heads = state[LAP + "sq_weight"].shape[0]
@@ -76,6 +83,8 @@ def reference_lap(state, hidden_states, layer_pooling="max", batch_stats=False):
         return out + state[LAP + "ex_bias"][:, 0][None, :, None, :]
 
     alpha = torch.sigmoid(excite(average) + excite(maximum))  # (B, h, T, L)
+    if gate_dropout is not None:
+        alpha = gate_dropout(alpha)
     gated = alpha.unsqueeze(2) * u  # (B, h, d, T, L)
     if layer_pooling == "max":
         z = gated.amax(dim=-1)
@@ -291,40 +300,107 @@ def test_gate_dropout_only_in_training():
 
 
 # ----------------------------------------------------------------------------
-# The folded input BatchNorm
+# Gradients, the folded input BatchNorm and memory
 # ----------------------------------------------------------------------------
-def unfused_projection(norm: nn.BatchNorm1d, linear: nn.Linear, states: torch.Tensor):
-    """Plain nn.BatchNorm1d over D (rows = layers x batch x time), then nn.Linear."""
-    flat = states.reshape(-1, states.shape[-1])
-    return linear(norm(flat)).view(states.shape)
+# LayerAttentivePooling parameter -> key in the reference layout (section 7).
+LAP_PARAMETERS = {
+    "input_norm.weight": "in_norm.weight",
+    "input_norm.bias": "in_norm.bias",
+    "input_projection.weight": "in_weight.weight",
+    "input_projection.bias": "in_weight.bias",
+    "squeeze_weight": "sq_weight",
+    "squeeze_bias": "sq_bias",
+    "excite_weight": "ex_weight",
+    "excite_bias": "ex_bias",
+    "output_projection.weight": "out_weight.weight",
+    "output_projection.bias": "out_weight.bias",
+    "output_norm.weight": "out_norm.weight",
+    "output_norm.bias": "out_norm.bias",
+}
 
 
-def test_folded_batch_norm_matches_batch_norm_then_linear():
-    torch.manual_seed(0)
-    lap = randomize(LayerAttentivePooling(5, 32, output_size=16, num_heads=4)).double()
-    norm, linear = nn.BatchNorm1d(32).double(), nn.Linear(32, 32).double()
+def dropout_as_lap_draws(p):
+    """Gate dropout drawn as LAP draws it (nn.Dropout on gates laid out (h, B*T, L)),
+    for reference_lap's (B, h, T, L) gates."""
+    def apply(alpha):
+        batch, heads, frames, layers = alpha.shape
+        flat = alpha.permute(1, 0, 2, 3).reshape(heads, batch * frames, layers)
+        return F.dropout(flat, p).view(heads, batch, frames, layers).permute(1, 0, 2, 3)
+    return apply
+
+
+def lap_and_spec_gradients(backend, states, train, needs_input, layer_pooling, dropout=0.0):
+    """Output, gates and gradients (parameters and, if ``needs_input``, the
+    input) of our LAP and of the spec implementation with autograd, for the
+    same random weighting of the output and the same dropout draws."""
+    lap = backend.lap.train(train)
+    reference = to_reference_layout(backend)  # before our pass updates the running stats
+    for value in reference.values():
+        value.requires_grad_(value.is_floating_point())
+    weights = torch.randn(states.shape[1], states.shape[2], lap.output_size, dtype=states.dtype,
+                          generator=torch.Generator().manual_seed(5))
+    ours_input = states.clone().requires_grad_(needs_input)
+    spec_input = states.clone().requires_grad_(needs_input)
+    torch.manual_seed(11)
+    output, gates = lap(ours_input, return_gates=True)
+    (output * weights).sum().backward()
+    torch.manual_seed(11)
+    expected, alpha = reference_lap(reference, spec_input, layer_pooling, batch_stats=train,
+                                    gate_dropout=dropout_as_lap_draws(dropout) if dropout else None)
+    (expected.transpose(1, 2) * weights).sum().backward()
+    ours = {name: p.grad for name, p in lap.named_parameters()}
+    spec = {name: reference[LAP + key].grad.view(lap.get_parameter(name).shape)
+            for name, key in LAP_PARAMETERS.items() if name in ours}
+    if needs_input:
+        ours["input"], spec["input"] = ours_input.grad, spec_input.grad
+    return (output, gates, ours), (expected.transpose(1, 2), alpha, spec)
+
+
+@pytest.mark.parametrize("layer_pooling", ["max", "mean", "sum"])
+@pytest.mark.parametrize("num_heads", [4, 1])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("needs_input", [False, True], ids=["stage1", "stage2"])
+def test_lap_gradients_match_the_spec(layer_pooling, num_heads, train, needs_input):
+    """Outputs and every gradient equal autograd through the spec implementation,
+    frozen (stage 1) or with the input's gradient (stage 2), with batch or running
+    statistics (which the hand-written backward handles differently)."""
+    backend = small_backend(layer_pooling=layer_pooling, num_heads=num_heads, lap_dropout=0.0)
+    ours, spec = lap_and_spec_gradients(backend, 2.0 * hidden() + 0.5, train, needs_input, layer_pooling)
+    torch.testing.assert_close(ours[0], spec[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours[1], spec[1], rtol=1e-10, atol=1e-10)
+    assert ours[2].keys() == spec[2].keys()
+    for name in spec[2]:
+        torch.testing.assert_close(ours[2][name], spec[2][name], rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("layer_pooling", ["max", "mean"])
+def test_lap_gate_dropout_draws_and_gradients(layer_pooling):
+    """Gate dropout draws what nn.Dropout on the gates draws, and the backward
+    pass uses the same mask (ties between dropped layers included)."""
+    backend = small_backend(layer_pooling=layer_pooling, lap_dropout=0.4)
+    ours, spec = lap_and_spec_gradients(backend, hidden(), True, True, layer_pooling, dropout=0.4)
+    assert bool((ours[1] == 0).any())
+    torch.testing.assert_close(ours[0], spec[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours[1], spec[1], rtol=1e-10, atol=1e-10)
+    for name in spec[2]:
+        torch.testing.assert_close(ours[2][name], spec[2][name], rtol=1e-9, atol=1e-10, msg=name)
+
+
+def test_folded_batch_norm_statistics_match_batch_norm():
+    """Running statistics over train/eval steps equal those of nn.BatchNorm1d on
+    the rows (layers x batch x time), and the output follows the statistics of each mode."""
+    lap = randomize(LayerAttentivePooling(5, 32, output_size=16, num_heads=4, dropout=0.0)).double()
+    norm = nn.BatchNorm1d(32).double()
     norm.load_state_dict(lap.input_norm.state_dict())
-    linear.load_state_dict(lap.input_projection.state_dict())
-    for mode in (True, False, True, True, False):  # train/eval, several steps
+    backend = small_backend(lap_dropout=0.0)
+    backend.lap = lap
+    for step, mode in enumerate((True, False, True, True, False)):
         lap.train(mode)
         norm.train(mode)
-        states = (3.0 * hidden(seed=int(mode) + 7) + 1.0).requires_grad_()
-        states_plain = states.detach().clone().requires_grad_()
-        fused = lap._project(states)
-        plain = unfused_projection(norm, linear, states_plain)
-        torch.testing.assert_close(fused, plain)
-        weights = torch.randn_like(plain)
-        fused_grads = torch.autograd.grad(
-            (fused * weights).sum(),
-            [states, lap.input_norm.weight, lap.input_norm.bias,
-             lap.input_projection.weight, lap.input_projection.bias],
-        )
-        plain_grads = torch.autograd.grad(
-            (plain * weights).sum(),
-            [states_plain, norm.weight, norm.bias, linear.weight, linear.bias],
-        )
-        for fused_grad, plain_grad in zip(fused_grads, plain_grads):
-            torch.testing.assert_close(fused_grad, plain_grad)
+        states = 3.0 * hidden(seed=step + 7) + 1.0
+        expected, _ = reference_lap(to_reference_layout(backend), states, batch_stats=mode)
+        torch.testing.assert_close(lap(states), expected.transpose(1, 2))
+        norm(states.reshape(-1, 32))
         torch.testing.assert_close(lap.input_norm.running_mean, norm.running_mean)
         torch.testing.assert_close(lap.input_norm.running_var, norm.running_var)
         assert int(lap.input_norm.num_batches_tracked) == int(norm.num_batches_tracked)
@@ -336,15 +412,109 @@ def test_folded_batch_norm_cumulative_momentum():
     norm = nn.BatchNorm1d(32, momentum=None).double()
     for seed in range(3):
         states = hidden(seed=seed) * (seed + 1)
-        lap._project(states)
+        lap(states)
         norm(states.reshape(-1, 32))
     torch.testing.assert_close(lap.input_norm.running_var, norm.running_var)
 
 
-def test_folded_projection_gradcheck():
-    lap = randomize(LayerAttentivePooling(2, 8, output_size=4, num_heads=2)).double().train()
-    states = torch.randn(2, 2, 3, 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lap._project, (states,))
+@pytest.mark.parametrize("train", [True, False])
+def test_lap_gradcheck(train):
+    lap = randomize(LayerAttentivePooling(3, 8, output_size=4, num_heads=2, dropout=0.0)).double()
+    lap.train(train)
+    states = torch.randn(3, 2, 3, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lap, (states,))
+
+
+def test_bf16_statistics_need_no_fp32_copy():
+    """bf16 statistics are accumulated block by block in fp32 and equal those of
+    an fp32 copy (the running mean after one step from zero is 0.1 x the mean)."""
+    lap = LayerAttentivePooling(5, 32, output_size=16, num_heads=4)
+    states = (3.0 * hidden(dtype=torch.float32) + 1.0).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lap(states)
+    variance, mean = torch.var_mean(states.float().reshape(-1, 32), dim=0)
+    torch.testing.assert_close(lap.input_norm.running_mean, 0.1 * mean)
+    torch.testing.assert_close(lap.input_norm.running_var, 0.9 + 0.1 * variance)
+
+
+@pytest.fixture(scope="module")
+def backend_memory():
+    """benchmarks/backend_memory.py: the plain formulation and the peak-memory measurement."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "backend_memory.py"
+    spec = importlib.util.spec_from_file_location("backend_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Small, with WavLM-Large-like proportions: 64 channels per head, H / (L D) 2 %.
+MEMORY_SHAPE = dict(num_layers=13, width=256, frames=50, num_heads=4, lap_channels=64)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_lap_peak_memory_is_at_most_twice_its_input(backend_memory, precision, stage):
+    """Peak memory of LAP + ASTP forward + backward (CPU allocator events) is at
+    most 2x the hidden states in both stages and precisions; the plain autograd
+    formulation measured the same way needs more (4x and up)."""
+    ratios = {}
+    # The plain formulation's peak hardly depends on the batch: a small one is enough.
+    for formulation, batch in (("lean", 16), ("plain", 4)):
+        case = backend_memory.Case(formulation, stage, precision, batch=batch,
+                                   device=torch.device("cpu"), **MEMORY_SHAPE)
+        ratios[formulation] = case.peak_ratio()
+    assert ratios["lean"] <= 2.0, ratios
+    assert ratios["plain"] > 3.5, ratios
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_lap_bf16_matches_the_plain_formulation(backend_memory, stage):
+    """Under bf16 autocast the lean LAP gives the plain formulation's output
+    exactly and its gradients within bf16 rounding."""
+    results = []
+    for formulation in ("lean", "plain"):
+        case = backend_memory.Case(formulation, stage, "bf16", batch=4,
+                                   device=torch.device("cpu"), **MEMORY_SHAPE)
+        case.backend.lap.dropout = 0.0
+        case.backend.pooling.frame_dropout = 0.0
+        case.backend.zero_grad(set_to_none=True)
+        case.states.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            frames = (case.backend.lap(case.states) if formulation == "lean"
+                      else backend_memory.plain_lap(case.backend, case.states))
+        weights = torch.randn(frames.shape, generator=torch.Generator().manual_seed(2))
+        (frames.float() * weights).sum().backward()
+        grads = {name: p.grad for name, p in case.backend.lap.named_parameters()}
+        if stage == 2:
+            grads["input"] = case.states.grad
+        results.append((frames, grads))
+    (lean, lean_grads), (plain, plain_grads) = results
+    assert torch.equal(lean, plain)
+    assert lean_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        difference = (lean_grads[name].float() - grad.float()).norm() / grad.float().norm()
+        assert difference < 2e-2, (name, float(difference))
+
+
+def test_lap_keeps_no_input_sized_tensor_for_backward():
+    """What autograd keeps between forward and backward (saved tensors other than
+    the input itself) is a small fraction of the input: no projection, no gated
+    tensor, no fp32 copy of a bf16 input."""
+    lap = LayerAttentivePooling(13, 256, output_size=64, num_heads=4)
+    for dtype in (torch.float32, torch.bfloat16):
+        states = torch.randn(13, 4, 50, 256).to(dtype).requires_grad_()
+        saved = []
+        parameters = {p.data_ptr() for p in lap.parameters()} | {states.data_ptr()}
+
+        def pack(tensor):
+            if tensor.data_ptr() not in parameters:
+                saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                lap.train()(states)
+        assert sum(saved) < 0.5 * states.numel() * states.element_size(), (dtype, sum(saved))
 
 
 # ----------------------------------------------------------------------------

@@ -1,20 +1,24 @@
-"""Tests of the sub-centre classifier, the AAM + Inter-TopK loss and the margin schedule."""
+"""Tests of the sub-centre classifier, the AAM + Inter-TopK loss, the margin schedule and SyncBatchNorm."""
 
 import math
+import socket
 
 import pytest
 import torch
 import torch.nn.functional as F
 from speechbrain.nnet.losses import LogSoftmaxWrapper
 from speechbrain.utils.checkpoints import Checkpointer
-from test_lobes import single_thread  # noqa: F401 (autouse fixture)
+from test_lobes import SMALL, randomize, single_thread  # noqa: F401 (autouse fixture)
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from lap_speechbrain.lobes import LAPSpeakerBackend
 from lap_speechbrain.nnet import (
     AdditiveAngularMarginInterTopK,
     MarginScheduler,
     SubCenterClassifier,
     warmup_cosine_schedule,
 )
+from lap_speechbrain.nnet.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 
 def expected_logits(cosines, target, margin, top_k, penalty, scale=30.0):
@@ -222,3 +226,108 @@ def test_warmup_cosine_schedule_resumes_exactly_from_a_checkpoint(tmp_path):
     Checkpointer(tmp_path, {"optimizer": optimizer, "lr_schedule": schedule}).recover_if_possible()
     resumed = [optimizer.param_groups[0]["lr"]] + advance(optimizer, schedule, 32)
     assert resumed == lrs[17:]  # exactly, not approximately
+
+
+# ----------------------------------------------------------------------------
+# SyncBatchNorm
+# ----------------------------------------------------------------------------
+class FrontAndBackend(torch.nn.Module):
+    """A trainable layer in front of a small LAP backend, so that LAP's input
+    needs a gradient (stage 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.front = torch.nn.Linear(32, 32)
+        self.backend = randomize(LAPSpeakerBackend(**SMALL, lap_dropout=0.0, frame_dropout=0.0))
+
+    def forward(self, states, lengths):
+        return self.backend(self.front(states), lengths)
+
+
+def sync_test_model() -> FrontAndBackend:
+    torch.manual_seed(0)
+    return FrontAndBackend().double().train()
+
+
+def sync_test_batch():
+    """Four utterances (hidden states, relative lengths) and the embedding projection."""
+    generator = torch.Generator().manual_seed(1)
+    states = torch.randn(5, 4, 20, 32, generator=generator, dtype=torch.float64)
+    lengths = torch.tensor([1.0, 0.7, 0.5, 1.0], dtype=torch.float64)
+    projection = torch.randn(4, 8, generator=generator, dtype=torch.float64)
+    return states, lengths, projection
+
+
+def sync_test_loss(model, states, lengths, projection):
+    """Mean over utterances, so that the whole batch's loss is the mean of the halves'."""
+    return (model(states, lengths).squeeze(1) * projection).sum(dim=1).mean()
+
+
+def sync_worker(rank: int, world_size: int, address: str, output: str) -> None:
+    """One DDP process: its half of the batch, one training step, results to ``output``."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=world_size)
+    try:
+        model = convert_sync_batchnorm(sync_test_model())
+        states, lengths, projection = sync_test_batch()
+        half = slice(2 * rank, 2 * rank + 2)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        sync_test_loss(ddp, states[:, half], lengths[half], projection[half]).backward()
+        if rank == 0:
+            torch.save(
+                {"grads": {n: p.grad for n, p in model.named_parameters()},
+                 "buffers": dict(model.named_buffers()),
+                 "norms": [type(m).__name__ for m in model.modules() if isinstance(m, _BatchNorm)]},
+                output,
+            )
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_convert_sync_batchnorm_keeps_state_and_is_a_plain_batchnorm_alone():
+    """Every BatchNorm (LAP's folded input norm too) is converted with the same
+    parameter and buffer objects; without a process group it computes what
+    BatchNorm computes, in train and eval mode."""
+    model, reference = sync_test_model(), sync_test_model()
+    norms = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm1d)]
+    weight = model.backend.lap.input_norm.weight
+    assert convert_sync_batchnorm(model) is model and model.backend.lap.input_norm.weight is weight
+    assert norms and all(isinstance(model.get_submodule(name), SyncBatchNorm) for name in norms)
+    states, lengths, projection = sync_test_batch()
+    for mode in (True, False):
+        model.train(mode)
+        reference.train(mode)
+        for parameter in (*model.parameters(), *reference.parameters()):
+            parameter.grad = None
+        sync_test_loss(model, states, lengths, projection).backward()
+        sync_test_loss(reference, states, lengths, projection).backward()
+        for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(ours.grad, theirs.grad, msg=name)
+        for (name, ours), theirs in zip(model.named_buffers(), reference.buffers()):
+            torch.testing.assert_close(ours, theirs, msg=name)
+
+
+def test_sync_batchnorm_two_gloo_processes_equal_one_process_on_the_whole_batch(tmp_path):
+    """Two gloo processes, each on half of the batch, under DDP: every BatchNorm's
+    running statistics (LAP's folded input norm included) and every gradient
+    (averaged by DDP; the layer in front of LAP checks the input gradient through
+    the synchronised statistics) equal one process's on the concatenated batch."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    output = tmp_path / "rank0.pt"
+    torch.multiprocessing.spawn(
+        sync_worker, args=(2, f"tcp://127.0.0.1:{port}", str(output)), nprocs=2, join=True
+    )
+    synced = torch.load(output)
+    assert set(synced["norms"]) == {"SyncBatchNorm"}
+
+    model = sync_test_model()
+    sync_test_loss(model, *sync_test_batch()).backward()
+    for name, buffer in model.named_buffers():
+        torch.testing.assert_close(synced["buffers"][name], buffer, rtol=1e-5, atol=1e-8, msg=name)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(synced["grads"][name], parameter.grad, rtol=1e-5, atol=1e-8, msg=name)
+    # Not vacuous: the statistics moved, and gradients reach the layer in front of LAP.
+    assert int(model.backend.lap.input_norm.num_batches_tracked) == 1
+    assert float(model.front.weight.grad.abs().max()) > 0
