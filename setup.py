@@ -19,6 +19,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["lap_speechbrain", "lap_speechbrain.*"]),
     package_data={"lap_speechbrain.export": ["inference.yaml"]},
@@ -39,10 +40,16 @@ setup(
     ],
     extras_require={
         "demo": ["espeakng-loader>=0.2.4", "pyroomacoustics>=0.7.4"],
+        # lap_speechbrain.integrations.pyannote; 3.x fails at import on torchaudio >= 2.9
+        # (torchaudio.AudioMetaData was removed).
+        "pyannote": ["pyannote.audio>=4.0,<5"],
         "test": [
             "pytest>=7.4",
             "espeakng-loader>=0.2.4",
             "pyroomacoustics>=0.7.4",
+            "pyannote.audio>=4.0,<5",
+            "build>=1.0",
+            "twine>=5.0",
         ],
     },
     entry_points={"console_scripts": ["lap-speechbrain=lap_speechbrain.cli:main"]},
