@@ -7,6 +7,9 @@ import re
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+# lap_speechbrain.integrations.pyannote; 3.x fails at import on torchaudio >= 2.9
+# (torchaudio.AudioMetaData was removed).
+PYANNOTE = "pyannote.audio>=4.0,<5"
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "lap_speechbrain" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -40,15 +43,15 @@ setup(
     ],
     extras_require={
         "demo": ["espeakng-loader>=0.2.4", "pyroomacoustics>=0.7.4"],
-        # lap_speechbrain.integrations.pyannote; 3.x fails at import on torchaudio >= 2.9
-        # (torchaudio.AudioMetaData was removed).
-        "pyannote": ["pyannote.audio>=4.0,<5"],
+        "pyannote": [PYANNOTE],
         "test": [
             "pytest>=7.4",
             "espeakng-loader>=0.2.4",
             "pyroomacoustics>=0.7.4",
-            "pyannote.audio>=4.0,<5",
+            PYANNOTE,
+            # tests/test_packaging.py builds without isolation: setuptools with bdist_wheel.
             "build>=1.0",
+            "setuptools>=70.1",
             "twine>=5.0",
         ],
     },
