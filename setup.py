@@ -7,6 +7,9 @@ import re
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+# lap_speechbrain.integrations.pyannote; 3.x fails at import on torchaudio >= 2.9
+# (torchaudio.AudioMetaData was removed).
+PYANNOTE = "pyannote.audio>=4.0,<5"
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "lap_speechbrain" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -19,6 +22,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["lap_speechbrain", "lap_speechbrain.*"]),
     package_data={"lap_speechbrain.export": ["inference.yaml"]},
@@ -40,10 +44,16 @@ setup(
     ],
     extras_require={
         "demo": ["espeakng-loader>=0.2.4", "pyroomacoustics>=0.7.4"],
+        "pyannote": [PYANNOTE],
         "test": [
             "pytest>=7.4",
             "espeakng-loader>=0.2.4",
             "pyroomacoustics>=0.7.4",
+            PYANNOTE,
+            # tests/test_packaging.py builds without isolation: setuptools with bdist_wheel.
+            "build>=1.0",
+            "setuptools>=70.1",
+            "twine>=5.0",
         ],
     },
     entry_points={"console_scripts": ["lap-speechbrain=lap_speechbrain.cli:main"]},

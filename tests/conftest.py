@@ -88,3 +88,35 @@ def training_output(trained, tmp_path):
 def exported(training_output):
     """The exported folder training wrote: ``<training output>/model``."""
     return training_output / "model"
+
+
+@pytest.fixture
+def make_training_output(make_encoder, tiny_wavlm_large, tmp_path):
+    """Writes training output folders of tiny models that look trained, as tests/test_inference.py does.
+
+    ``make_training_output(name, seed)`` returns (folder, the in-memory encoder
+    in eval mode); different seeds give different backend weights.
+    """
+    from test_inference import BACKEND, SPEAKERS, randomize_, write_training_output
+
+    from lap_speechbrain.nnet import SubCenterClassifier
+
+    def build(name: str = "training", seed: int = 0):
+        encoder = make_encoder(tiny_wavlm_large, **BACKEND)
+        randomize_(encoder, seed)
+        classifier = SubCenterClassifier(BACKEND["embedding_dim"], len(SPEAKERS))
+        return write_training_output(tmp_path / name, encoder, classifier), encoder
+
+    return build
+
+
+@pytest.fixture
+def make_exported(make_training_output, tmp_path):
+    """``make_exported(name, seed)``: (exported folder, in-memory encoder) of a tiny model."""
+    from lap_speechbrain.export.folder import export_training_output
+
+    def build(name: str = "exported", seed: int = 0):
+        output, encoder = make_training_output(f"{name}_training", seed)
+        return export_training_output(output, tmp_path / name), encoder
+
+    return build
