@@ -25,13 +25,20 @@ CPU allocator, recorded by ``torch.profiler`` with ``profile_memory=True``
 during the step; the peak is the maximum of their running sum. The count
 includes every tensor made in the step (outputs, saved tensors, temporaries,
 and in stage 2 the hidden states' gradient) but not the hidden states
-themselves, nor the parameters and their gradient buffers (allocated by an
-untimed warm-up step and zeroed in place). The figure printed is that peak
-divided by the size of the hidden states, and it is extrapolated linearly to a
-batch of 512 x 2 s crops of WavLM Large. Times are medians of ``--runs``
-interleaved runs (without the profiler) after ``--warmup`` runs.
+themselves, nor the parameters and their gradient buffers (allocated before
+the step). Printed: that peak divided by the hidden states' size at
+``--batch``; the slope of a straight line through the peaks at ``--batch``
+and half of it (peak bytes per input byte: the ratio once parameter-sized
+temporaries no longer count); and the peak at the paper's batch of 512 x 2 s
+on WavLM Large from that line. Times are medians of ``--runs`` interleaved
+runs (without the profiler) after ``--warmup`` runs, in CPU time of the
+process on CPU (use ``--threads 1``), wall time on CUDA. On CPUs without native
+bf16 the bf16 matrix products are emulated and slow (the "NN" layout that
+autograd's linear backward uses about 10x slower than the "NT" one the lean
+LAP uses), so bf16 times on such a CPU say little; use a small ``--batch``.
 
-    python benchmarks/backend_memory.py --batch 16 --threads 2
+    python benchmarks/backend_memory.py --precision fp32 --batch 16 --threads 1
+    python benchmarks/backend_memory.py --precision bf16 --batch 4 --runs 1 --threads 1
     python benchmarks/backend_memory.py --device cuda --batch 128
 
 Authors
@@ -42,7 +49,7 @@ import argparse
 import contextlib
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +185,8 @@ class Case:
         self.states = states.requires_grad_(stage == 2)
         self.lengths = torch.ones(batch, device=device)
         self.projection = torch.randn(batch, 192, device=device)
-        self.step()  # allocates the parameters' gradient buffers outside the measurement
+        for parameter in self.backend.parameters():  # gradient buffers outside the measurement
+            parameter.grad = torch.zeros_like(parameter)
 
     def step(self) -> None:
         self.backend.zero_grad(set_to_none=False)
@@ -195,32 +203,58 @@ class Case:
         return peak_bytes(self.step, self.device) / self.input_bytes()
 
 
-def median_times(cases: Dict[str, Case], runs: int, warmup: int) -> Dict[str, float]:
-    """Median seconds per step, the cases interleaved run by run."""
+def median_times(cases: Dict[str, Case], runs: int, warmup: int, device: torch.device) -> Dict[str, float]:
+    """Median seconds per step, the cases interleaved run by run. On CPU the
+    process's CPU time: on a shared machine the wall clock measures the other
+    processes' load as much as ours."""
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
     times: Dict[str, List[float]] = {name: [] for name in cases}
     for index in range(warmup + runs):
         for name, case in cases.items():
-            if case.device.type == "cuda":
-                torch.cuda.synchronize(case.device)
-            start = time.perf_counter()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = clock()
             case.step()
-            if case.device.type == "cuda":
-                torch.cuda.synchronize(case.device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             if index >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_fit(formulation: str, stage: int, precision: str, batch: int,
+             device: torch.device) -> Tuple[float, float, float]:
+    """Peak at ``batch`` and ``batch // 2``, fitted as slope x input + constant.
+
+    Returns the peak over the input size at ``batch``, the slope (peak bytes
+    per input byte, what is left of the ratio at large batches) and the peak
+    in GiB extrapolated to the paper's batch.
+    """
+    points = []
+    for size in (batch // 2, batch):
+        case = Case(formulation, stage, precision, size, device)
+        points.append((case.input_bytes(), peak_bytes(case.step, device)))
+        del case
+    (small_input, small_peak), (input_bytes, peak) = points
+    slope = (peak - small_peak) / (input_bytes - small_input)
+    constant = peak - slope * input_bytes
+    paper_input = LAYERS * PAPER_BATCH * FRAMES_PER_2S * WIDTH * DTYPES[precision].itemsize
+    return peak / input_bytes, slope, (slope * paper_input + constant) / 2**30
 
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=16, help="utterances of 2 s per batch")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per case")
+    parser.add_argument("--batch", type=int, default=16,
+                        help="utterances of 2 s per batch (the fit also measures half of it)")
+    parser.add_argument("--precision", choices=sorted(DTYPES), nargs="+", default=list(DTYPES))
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per case (0: no timing)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: torch's default)")
     args = parser.parse_args()
-    if args.batch < 2:
-        parser.error(f"--batch {args.batch}: training-mode BatchNorm needs at least 2 utterances")
+    if args.batch < 4:
+        parser.error(f"--batch {args.batch}: the fit also runs batch // 2, and training-mode "
+                     "BatchNorm on pooled statistics needs at least 2 utterances")
     return args
 
 
@@ -229,32 +263,34 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"LAP + ASTP (L {LAYERS}, D {WIDTH}, 2,312,464 parameters), batch {args.batch} x 2 s "
-          f"({FRAMES_PER_2S} frames), {device.type}, {torch.get_num_threads()} threads; "
-          f"peak activation memory as a multiple of the hidden states' size, "
-          f"time per forward + backward (median of {args.runs})")
+    print(f"LAP + ASTP, WavLM-Large-shaped hidden states (L {LAYERS}, D {WIDTH}, 2 s = "
+          f"{FRAMES_PER_2S} frames), batch {args.batch}, {device.type}, {torch.get_num_threads()} "
+          f"threads. Peak: memory above the hidden states and parameters over the hidden states' "
+          f"size; slope: its growth per byte of hidden states (fit on batch {args.batch // 2} and "
+          f"{args.batch}); time: forward + backward, median of {args.runs} "
+          f"({'process CPU' if device.type == 'cpu' else 'wall'} time).")
     print()
-    print("| precision | stage | lean peak | plain peak | reference peak "
-          "| lean ms | plain ms | reference ms | lean time / plain | "
-          f"lean / plain / reference at {PAPER_BATCH} x 2 s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    for precision in DTYPES:
+    print(f"| precision | stage | formulation | peak / input | slope | ms per step | time vs plain "
+          f"| GiB at {PAPER_BATCH} x 2 s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for precision in args.precision:
         for stage in (1, 2):
-            cases = {name: Case(name, stage, precision, args.batch, device) for name in FORMULATIONS}
-            ratios = {name: case.peak_ratio() for name, case in cases.items()}
-            times = median_times(cases, args.runs, args.warmup)
-            paper_bytes = LAYERS * PAPER_BATCH * FRAMES_PER_2S * WIDTH * DTYPES[precision].itemsize
-            at_scale = " / ".join(f"{ratios[name] * paper_bytes / 2**30:.1f}" for name in FORMULATIONS)
-            print(f"| {precision} | {stage} | {ratios['lean']:.2f}x | {ratios['plain']:.2f}x "
-                  f"| {ratios['reference']:.2f}x | {times['lean'] * 1e3:.0f} "
-                  f"| {times['plain'] * 1e3:.0f} | {times['reference'] * 1e3:.0f} "
-                  f"| {times['lean'] / times['plain']:.2f} | {at_scale} GiB |")
-            del cases
+            fits = {name: peak_fit(name, stage, precision, args.batch, device) for name in FORMULATIONS}
+            times = {}
+            if args.runs > 0:
+                cases = {name: Case(name, stage, precision, args.batch, device) for name in FORMULATIONS}
+                times = median_times(cases, args.runs, args.warmup, device)
+                del cases
+            for name in FORMULATIONS:
+                ratio, slope, gib = fits[name]
+                timing = (f"{times[name] * 1e3:.0f} | {times[name] / times['plain']:.2f}" if times
+                          else "- | -")
+                print(f"| {precision} | {stage} | {name} | {ratio:.2f}x | {slope:.2f}x | {timing} "
+                      f"| {gib:.1f} |", flush=True)
     print()
-    print(f"Hidden states of {PAPER_BATCH} x 2 s on WavLM Large: "
-          + ", ".join(f"{LAYERS * PAPER_BATCH * FRAMES_PER_2S * WIDTH * dtype.itemsize / 2**30:.2f} GiB "
-                      f"in {name}" for name, dtype in DTYPES.items())
-          + " (not counted in the peaks).")
+    print(f"Hidden states of {PAPER_BATCH} x 2 s on WavLM Large (not counted above): "
+          + ", ".join(f"{LAYERS * PAPER_BATCH * FRAMES_PER_2S * WIDTH * DTYPES[name].itemsize / 2**30:.2f} "
+                      f"GiB in {name}" for name in args.precision) + ".")
 
 
 if __name__ == "__main__":

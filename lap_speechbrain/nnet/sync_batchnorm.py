@@ -77,22 +77,18 @@ class SyncBatchNorm(_BatchNorm):
         shape = [1, -1] + [1] * (input.dim() - 2)
         # Statistics in at least fp32 (bf16 sums over many rows are too coarse).
         values = input.to(torch.promote_types(input.dtype, torch.float32))
-        local_count = torch.tensor(
-            [input.numel() / input.shape[1]], dtype=values.dtype, device=input.device
-        )
-        count = self._all_reduce(local_count)
-        mean = self._all_reduce(values.sum(dim=axes)) / count
+        local_count = values.new_tensor([input.numel() / input.shape[1]])
+        sums = self._all_reduce(torch.cat([values.sum(dim=axes), local_count]))
+        count = sums[-1:]
+        mean = sums[:-1] / count
         centred = values - mean.view(shape)
         variance = self._all_reduce(centred.square().sum(dim=axes)) / count
-        if count.item() < 2:
-            raise ValueError(
-                "SyncBatchNorm needs more than one value per channel in training, "
-                f"got input of shape {tuple(input.shape)} over all processes"
-            )
         self._update_running_stats(mean, variance, count)
         output = centred * torch.rsqrt(variance + self.eps).view(shape)
-        if self.affine:
-            output = output * self.weight.view(shape) + self.bias.view(shape)
+        if self.weight is not None:
+            output = output * self.weight.view(shape)
+        if self.bias is not None:
+            output = output + self.bias.view(shape)
         return output.to(input.dtype)
 
     def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -110,7 +106,7 @@ class SyncBatchNorm(_BatchNorm):
         momentum = self.momentum
         if momentum is None:
             momentum = 1.0 / float(self.num_batches_tracked)
-        unbiased = variance * count / (count - 1)
+        unbiased = variance * count / (count - 1).clamp(min=1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
 
@@ -180,14 +176,15 @@ def all_reduce_moments(
         Values per channel over all processes.
     """
     with torch.no_grad():
-        packed = torch.cat([mean * count, mean.new_tensor([count])])
+        # float64: sums and counts over millions of rows stay exact enough.
+        packed = torch.cat([mean.double() * count, mean.new_tensor([count], dtype=torch.float64)])
         dist.all_reduce(packed, group=process_group)
         total = packed[-1]
         global_mean = packed[:-1] / total
         # Each process's M2 around the global mean: its own M2 plus n (m_p - m)^2.
-        squares = (variance + (mean - global_mean).square()) * count
+        squares = (variance.double() + (mean.double() - global_mean).square()) * count
         dist.all_reduce(squares, group=process_group)
-        return global_mean, squares / total, int(total.item())
+        return global_mean.to(mean.dtype), (squares / total).to(variance.dtype), int(total.item())
 
 
 def convert_sync_batchnorm(
