@@ -25,6 +25,7 @@ import sys
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
+from lap_speechbrain.fileio import FolderLock
 from lap_speechbrain.inference import load_audio, load_encoder
 from lap_speechbrain.scoring import (
     encoder_embedding_fn,
@@ -39,6 +40,13 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    # One run per output folder: a second one stops here, before writing anything.
+    with FolderLock(hparams["output_folder"]):
+        score(hparams, hparams_file, overrides, run_opts)
+
+
+def score(hparams: dict, hparams_file: str, overrides: str, run_opts: dict) -> None:
+    """Loads the model and scores the trial lists into the (locked) output folder."""
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

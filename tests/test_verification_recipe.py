@@ -621,3 +621,17 @@ def test_readme_command_reproduces_the_demo_table(corpus, tmp_path, monkeypatch)
     rescored = json.loads((demo_output / "evaluation_again" / "results.json").read_text())
     assert rescored == json.loads((demo_output / "evaluation" / "results.json").read_text())
     assert list(rescored["test"]) == ["cosine", "AS-Norm", "AS-Norm + QMF"]
+
+
+def test_a_second_run_on_an_output_folder_in_use_stops_at_once(corpus, tmp_path):
+    """Issue 15.8: two scoring runs on one output folder; the second stops before loading or writing."""
+    from lap_speechbrain.fileio import FolderInUseError, FolderLock
+
+    output = tmp_path / "out"
+    with FolderLock(output):  # the first run, still scoring
+        with pytest.raises(FolderInUseError, match=re.escape(str(output))):
+            load_recipe().main([
+                str(ROOT / "hparams" / "verification.yaml"), "--model=never/loaded",
+                f"--data_folder={corpus / 'wav'}", f"--trials_folder={corpus}", f"--output_folder={output}",
+            ])
+    assert sorted(path.name for path in output.iterdir()) == [".lock"]
