@@ -264,11 +264,13 @@ def test_layerdrop_keeps_every_state_and_a_dropped_layer_passes_its_input(kind, 
 def test_spec_augment_masks_only_while_the_ssl_model_trains(tiny_wavlm_large, make_encoder):
     encoder = make_encoder(tiny_wavlm_large, frozen=False)
     model = encoder.ssl_model.model
-    wavs = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    # 99 frames: the at most 2 spans of 5 masked frames (the minimum count) reach at most
+    # 2 x (5 + 16) frames through the 16-frame positional convolution, never all of them.
+    wavs = torch.randn(2, 32000, generator=torch.Generator().manual_seed(0))
     train_only_layerdrop_and_masking(encoder)
     with torch.no_grad():
         clean = encoder.hidden_states(wavs)
-    encoder.set_ssl_regularization(layerdrop=0.0, mask_time_prob=0.3, mask_time_length=5)
+    encoder.set_ssl_regularization(layerdrop=0.0, mask_time_prob=0.05, mask_time_length=5)
     assert model.masked_spec_embed.requires_grad  # now used: it trains
     train_only_layerdrop_and_masking(encoder)
     masked = encoder.hidden_states(wavs)
