@@ -1,8 +1,14 @@
-"""Shared fixtures: tiny random WavLM models built offline, once per session."""
+"""Shared fixtures and helpers: tiny random WavLM models built offline once per session,
+tiny trained-looking models, one thread for small tensors, and synthetic audio."""
 
 import os
+from pathlib import Path
+from typing import Optional, Tuple
 
+import numpy as np
 import pytest
+import soundfile
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,6 +24,50 @@ TINY_WAVLM = dict(
     num_buckets=32,
     max_bucket_distance=64,
 )
+SAMPLE_RATE = 16000
+
+
+def speaker_voice(speaker: int, seconds: float, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A harmonic tone with a speaker-dependent pitch and spectral tilt, plus a little noise.
+
+    Different ``speaker`` values are told apart by a model; ``rng`` varies the
+    phases and the noise, so every utterance differs.
+    """
+    time_axis = np.arange(int(sample_rate * seconds)) / sample_rate
+    pitch = 90.0 + 35.0 * speaker
+    harmonics = sum(
+        np.sin(2 * np.pi * pitch * k * time_axis + rng.uniform(0, 2 * np.pi)) / k ** (1 + 0.2 * speaker)
+        for k in range(1, 6)
+    )
+    return (0.1 * harmonics + 0.01 * rng.standard_normal(len(time_axis))).astype(np.float32)
+
+
+def write_audio(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: Optional[str] = None) -> Path:
+    """Writes (N,) or (N, channels) samples to ``path``, creating its folder; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, samples, sample_rate, subtype=subtype)
+    return path
+
+
+def write_voices(folder: Path) -> Tuple[Path, Path]:
+    """Two differently formatted inputs: an 8 kHz stereo int16 wav and a 16 kHz mono float flac."""
+    rng = np.random.default_rng(0)
+    stereo = (rng.standard_normal((8000, 2)) * 3000).astype(np.int16)
+    first = write_audio(Path(folder) / "speaker1.wav", stereo, 8000, subtype="PCM_16")
+    second = write_audio(Path(folder) / "speaker2.flac", (rng.standard_normal(20000) * 0.1).astype(np.float32))
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for tiny tensors: on a shared, oversubscribed machine
+    two OpenMP threads make small ops up to 50x slower. Modules of small-tensor
+    tests request it with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

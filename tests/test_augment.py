@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from conftest import write_audio
 from speechbrain.augment.time_domain import AddNoise
-from test_lobes import single_thread  # noqa: F401 (autouse fixture)
 
 from lap_speechbrain.augment import AddNoiseSources, ConvolveRIR, OneCorruptionPerUtterance
 from lap_speechbrain.data.noise import prepare_noise_csvs
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 RATE = 16000
 
 
 def noise_csv(folder, signals, kind="noise"):
     """Writes each (samples,) or (samples, channels) signal as a float wav and lists them."""
-    (folder / kind).mkdir(parents=True)
     for index, signal in enumerate(signals):
-        soundfile.write(folder / kind / f"{index}.wav", np.asarray(signal, np.float32), RATE, subtype="FLOAT")
+        write_audio(folder / kind / f"{index}.wav", np.asarray(signal, np.float32), RATE, subtype="FLOAT")
     return prepare_noise_csvs(folder / f"{kind}_csv", noise_folders={kind: folder / kind})[kind]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import write_voices
 from test_export import FakeApi, reference_state
 from test_inference import (
     BACKEND,
@@ -17,7 +18,6 @@ from test_inference import (
     seed_hub_cache,
     snapshot,
     write_training_output,
-    write_voices,
 )
 from transformers import WavLMModel
 

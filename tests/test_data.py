@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from conftest import speaker_voice, write_audio
 from speechbrain.dataio.encoder import CategoricalEncoder
 
 from lap_speechbrain.data.audio import read_audio
@@ -42,15 +43,11 @@ UTTS = ("00001", "00002")
 
 
 def write_wav(path: Path, seconds: float, seed: int, channels: int = 1) -> Path:
-    """A short tone plus noise; each file differs through the seed."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
-    audio = 0.3 * np.sin(2 * np.pi * (100 + 10 * seed) * t) + 0.05 * rng.standard_normal(t.size)
+    """A 16-bit voice of one of 8 speakers; each file differs through the seed."""
+    audio = speaker_voice(seed % 8, seconds, np.random.default_rng(seed), RATE)
     if channels > 1:
         audio = np.stack([audio * (c + 1) / channels for c in range(channels)], axis=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, audio.astype(np.float32), RATE, subtype="PCM_16")
-    return path
+    return write_audio(path, audio, RATE, subtype="PCM_16")
 
 
 def make_tree(root: Path, speakers, seconds: float = 1.2, ext: str = ".wav") -> Path:

@@ -16,7 +16,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_WAVLM
+from conftest import TINY_WAVLM, write_voices
 from huggingface_hub import ModelCard
 from speechbrain.inference.speaker import EncoderClassifier
 from test_inference import (
@@ -26,9 +26,8 @@ from test_inference import (
     batch,
     snapshot,
     write_training_output,
-    write_voices,
 )
-from test_lobes import reference_backend, single_thread, to_reference_layout  # noqa: F401 (fixture)
+from test_lobes import reference_backend, to_reference_layout
 from transformers import WavLMConfig, WavLMModel
 
 from lap_speechbrain.export.folder import (
@@ -50,6 +49,7 @@ from lap_speechbrain.lobes import LAPSpeakerBackend
 from lap_speechbrain.nnet import SubCenterClassifier
 
 # L 5 (r 2), D 32, h 4, H 16 (attention 8), E 8, 7 classes, K 3
+pytestmark = pytest.mark.usefixtures("single_thread")
 SIZES = dict(L=5, D=32, h=4, H=16, E=8, classes=7, K=3)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import write_voices
 from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
 from speechbrain.utils.fetching import FetchConfig
 
@@ -146,16 +147,6 @@ def test_padded_batch_equals_one_at_a_time(exported):
     for row, length in enumerate((lens * wavs.shape[1]).round().long().tolist()):
         alone = model.encode_batch(wavs[row : row + 1, :length])
         assert (alone[0] - batched[row]).abs().max() < 1e-5
-
-
-def write_voices(folder: Path):
-    """An 8 kHz stereo int16 wav and a 16 kHz mono float flac."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    stereo = (rng.standard_normal((8000, 2)) * 3000).astype(np.int16)
-    sf.write(folder / "speaker1.wav", stereo, 8000, subtype="PCM_16")
-    sf.write(folder / "speaker2.flac", (rng.standard_normal(20000) * 0.1).astype(np.float32), 16000)
-    return folder / "speaker1.wav", folder / "speaker2.flac"
 
 
 def test_verify_files_accepts_8k_stereo_and_uses_the_calibrated_threshold(exported, tmp_path):

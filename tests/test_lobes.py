@@ -3,7 +3,7 @@
 This module also holds an independent implementation of LAP + ASTP written
 plainly from docs/lap_spec.md sections 2 and 3 (einsum and a loop over utterances),
 reading the reference implementation's checkpoint layout (section 7). The
-project's modules are compared with it here, and ``test_convert.py`` uses it to
+project's modules are compared with it here, and ``test_export.py`` uses it to
 check that converted reference checkpoints compute the same function.
 """
 
@@ -29,15 +29,7 @@ SPK = "backend.speaker_network."
 SMALL = dict(num_layers=5, input_size=32, lap_channels=16, num_heads=4, embedding_dim=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread for these tiny tensors: on a shared, oversubscribed
-    machine two OpenMP threads make small ops up to 50x slower. The other
-    core-test modules import this fixture."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----------------------------------------------------------------------------

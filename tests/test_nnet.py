@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.nnet.losses import LogSoftmaxWrapper
 from speechbrain.utils.checkpoints import Checkpointer
-from test_lobes import SMALL, randomize, single_thread  # noqa: F401 (autouse fixture)
+from test_lobes import SMALL, randomize
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lap_speechbrain.lobes import LAPSpeakerBackend
@@ -41,6 +41,7 @@ def expected_logits(cosines, target, margin, top_k, penalty, scale=30.0):
     return logits
 
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 CASES = [
     # cosines, target, margin, top_k, penalty
     ([0.8, 0.5, -0.2, 0.3], 0, 0.2, 0, 0.0),  # plain AAM

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from conftest import write_audio
 from speechbrain.utils.metric_stats import EER as sb_eer
 from speechbrain.utils.metric_stats import minDCF as sb_min_dcf
 from sklearn.metrics import roc_curve
@@ -473,14 +474,12 @@ def test_nontarget_pairs_drawn_by_speaker():
 
 
 def write_wavs(folder, durations, sample_rate=16000, seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
+    """Uniform noise of the given durations; the (relative name, path) of each file."""
     rng = np.random.default_rng(seed)
-    utterances = []
-    for index, duration in enumerate(durations):
-        path = folder / f"utt{index}.wav"
-        soundfile.write(path, rng.uniform(-0.5, 0.5, int(duration * sample_rate)), sample_rate)
-        utterances.append((f"spk/utt{index}.wav", str(path)))
-    return utterances
+    return [
+        (f"spk/utt{index}.wav", str(write_audio(folder / f"utt{index}.wav", rng.uniform(-0.5, 0.5, int(duration * sample_rate)), sample_rate)))
+        for index, duration in enumerate(durations)
+    ]
 
 
 LOAD = functools.partial(load_audio, target_sample_rate=16000)

@@ -15,9 +15,9 @@ alone.
 import pytest
 import torch
 import transformers
-from test_lobes import single_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 LENGTHS = (8000, 5600, 3200)  # samples at 16 kHz
 
 

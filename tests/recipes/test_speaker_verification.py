@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from conftest import SAMPLE_RATE, speaker_voice, write_audio
 from hyperpyyaml import load_hyperpyyaml
 from sklearn.linear_model import LogisticRegression
 
@@ -30,18 +31,8 @@ from lap_speechbrain.scoring import (
 from lap_speechbrain.scoring.qmf import sample_training_pairs
 from lap_speechbrain.scoring.verification import select_cohort
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_RATE = 16000
+ROOT = Path(__file__).resolve().parents[2]
 LOAD = functools.partial(load_audio, target_sample_rate=SAMPLE_RATE)
-
-
-def speaker_audio(rng, speaker, duration):
-    """Noise through a speaker-specific resonance: speakers differ, utterances vary."""
-    noise = rng.normal(size=int(duration * SAMPLE_RATE))
-    frequency = 300 + 400 * speaker
-    t = np.arange(noise.size) / SAMPLE_RATE
-    tone = np.sin(2 * np.pi * frequency * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
-    return (0.3 * tone + 0.05 * noise).astype(np.float32)
 
 
 def write_corpus(root, seed=0, voices=range(9)):
@@ -55,10 +46,8 @@ def write_corpus(root, seed=0, voices=range(9)):
     for speaker, voice in zip(range(9), voices):
         for index in range(3):
             relative = f"id{speaker:02d}/video/{index:05d}.wav"
-            path = root / "wav" / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
             duration = float(rng.uniform(0.3, 0.6))
-            soundfile.write(path, speaker_audio(rng, voice, duration), SAMPLE_RATE)
+            path = write_audio(root / "wav" / relative, speaker_voice(voice, duration, rng))
             utterances.setdefault(speaker, []).append((relative, path, duration))
     test = [u for s in range(4) for u in utterances[s]]
     lines = []

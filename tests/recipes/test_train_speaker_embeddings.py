@@ -3,7 +3,8 @@
 The recipe runs in subprocesses exactly as users run it (the same yaml with
 command-line overrides): all stages in order, resume after SIGKILL inside
 stage 2, a two-process gloo DDP run, and a second run on a folder in use.
-Its settings checks run in-process on the loaded yamls.
+Its settings checks run in-process on the loaded yamls, and the yamls it owns
+are checked to build models of any size with every top-level key used.
 """
 
 import importlib.util
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 import yaml
+from conftest import speaker_voice, write_audio
 from hyperpyyaml import load_hyperpyyaml
 from safetensors.torch import load_file
 from speechbrain.dataio.encoder import CategoricalEncoder
@@ -29,23 +30,12 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 from lap_speechbrain.fileio import FolderLock
 from lap_speechbrain.inference import LAPSpeakerRecognition
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "train_speaker_embeddings.py"
 HPARAMS = REPO / "hparams" / "lap_wavlm.yaml"
 NUM_SPEAKERS = 6
 UTTERANCES = 4
 LOG_LINE = re.compile(r"stage: (\w+), epoch: (\d+),")
-
-
-def speaker_signal(speaker: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """A harmonic tone with a speaker-dependent pitch and spectral tilt, plus noise."""
-    time_axis = np.arange(int(16000 * seconds)) / 16000
-    pitch = 90.0 + 35.0 * speaker
-    harmonics = sum(
-        np.sin(2 * np.pi * pitch * k * time_axis + rng.uniform(0, 2 * np.pi)) / k ** (1 + 0.2 * speaker)
-        for k in range(1, 6)
-    )
-    return (0.1 * harmonics + 0.01 * rng.standard_normal(len(time_axis))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +46,15 @@ def corpus(tmp_path_factory, tiny_wavlm_large):
     for speaker in range(NUM_SPEAKERS):
         for utterance in range(UTTERANCES):
             path = root / "vox1" / f"id{10001 + speaker}" / f"video{utterance % 2}" / f"{utterance:05d}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            soundfile.write(path, speaker_signal(speaker, 1.0 + 0.25 * (utterance % 3), rng), 16000)
+            write_audio(path, speaker_voice(speaker, 1.0 + 0.25 * (utterance % 3), rng))
     for kind in ("noise", "rir"):
-        (root / kind).mkdir()
         for index in range(2):
             if kind == "rir":
                 decay = np.exp(-np.arange(800) / 150.0)
                 signal_ = np.concatenate([[1.0], 0.3 * rng.standard_normal(799) * decay[1:]])
             else:
                 signal_ = 0.1 * rng.standard_normal(16000)
-            soundfile.write(root / kind / f"{index}.wav", signal_.astype(np.float32), 16000)
+            write_audio(root / kind / f"{index}.wav", signal_.astype(np.float32))
     return {"root": root, "wavlm": tiny_wavlm_large}
 
 
@@ -348,3 +336,77 @@ def test_an_export_folder_over_the_run_is_refused_before_training(recipe, corpus
         recipe.check_settings(hparams, path)
     hparams["export_folder"] = str(Path(hparams["output_folder"]) / "exported_model")  # the demo's own choice
     recipe.check_settings(hparams, path)
+
+
+# ---------------------------------------------------------------- the yamls it owns
+YAMLS = ["lap_wavlm.yaml", "demo.yaml"]
+# The recipe owns the yaml: it alone reads the keys.
+CODE = [REPO / "recipes" / "train_speaker_embeddings.py"]
+# Keys read by speechbrain.Brain itself (run options) or by hyperpyyaml.
+FRAMEWORK_KEYS = {"precision", "ckpt_interval_minutes", "max_grad_norm", "__set_seed"}
+
+
+@pytest.mark.parametrize("name", YAMLS)
+def test_every_top_level_key_is_used(name):
+    text = (REPO / "hparams" / name).read_text()
+    keys = re.findall(r"^([A-Za-z_]\w*):", text, flags=re.MULTILINE)
+    code = "\n".join(path.read_text() for path in CODE)
+    unused = [
+        key for key in keys
+        if key not in FRAMEWORK_KEYS
+        and f"<{key}>" not in text and f"<{key}[" not in text
+        and f'"{key}"' not in code and f"hparams.{key}" not in code
+    ]
+    assert not unused, f"{name}: top-level keys used nowhere: {unused}"
+
+
+def test_sizes_come_from_the_ssl_model():
+    # L and D come from the SSL model's config, never from the yaml (the demo builds its own WavLM).
+    text = (REPO / "hparams" / "lap_wavlm.yaml").read_text()
+    assert not re.search(r"\b(1024|768)\b|num_layers|hidden_size", text)
+
+
+# WavLM Base+ is lap_wavlm.yaml with --ssl_hub=microsoft/wavlm-base-plus: one yaml, any size.
+@pytest.mark.parametrize("fixture", ["tiny_wavlm_large", "tiny_wavlm_base"])
+def test_yaml_builds_the_model_of_any_size(fixture, request, tmp_path):
+    source = request.getfixturevalue(fixture)
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"), "ssl_hub": source,
+                 "lap_channels": 16, "num_heads": 4, "embedding_dim": 8}
+    with open(REPO / "hparams" / "lap_wavlm.yaml") as handle:
+        hparams = load_hyperpyyaml(handle, overrides)
+    encoder = hparams["embedding_model"]
+    assert (encoder.num_layers, encoder.input_size) == (3, 32)
+    assert hparams["run_stages"] == ["frozen", "joint", "lmft"]
+    frozen, joint, lmft = (hparams[stage] for stage in hparams["stages"])
+    assert frozen["margin_schedule"].loss_fn is frozen["margin_loss"] is frozen["compute_cost"].loss_fn
+    assert (frozen["ssl_frozen"], joint["ssl_frozen"], lmft["ssl_frozen"]) == (True, False, False)
+    assert (frozen["augment"], joint["augment"]) == (True, False)  # stage 2: the paper's reading
+    assert lmft["batch_size"] * lmft["grad_accumulation_factor"] == frozen["batch_size"]
+    assert hparams["classifier"](out_neurons=5).weight.shape == (15, 8)
+    assert hparams["keep_speed_classes"] is True  # the reference keeps stage 1's speed classes
+    assert hparams["model_card_datasets"] == ["voxceleb"]
+
+
+def test_gradients_are_not_clipped_as_in_the_reference(tiny_wavlm_large, tmp_path):
+    """SpeechBrain clips the gradient norm at 5.0 unless the yaml says otherwise;
+    the reference (clip at 9999) in effect does not clip."""
+    import speechbrain as sb
+    import torch
+
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"),
+                 "ssl_hub": tiny_wavlm_large, "lap_channels": 16, "num_heads": 4, "embedding_dim": 8}
+    with open(REPO / "hparams" / "lap_wavlm.yaml") as handle:
+        hparams = load_hyperpyyaml(handle, overrides)
+
+    def step(brain_hparams):
+        layer = torch.nn.Linear(4, 1, bias=False)
+        brain = sb.Brain({"layer": layer}, lambda params: torch.optim.SGD(params, lr=1.0),
+                         hparams=brain_hparams, run_opts={"device": "cpu"})
+        brain.init_optimizers()
+        before = layer.weight.detach().clone()
+        layer.weight.grad = torch.full_like(before, 50.0)  # norm 100
+        brain.optimizers_step()
+        return (before - layer.weight.detach()).norm().item()
+
+    assert step(hparams) == pytest.approx(100.0)
+    assert step({}) == pytest.approx(5.0)  # what the yaml's key changes
