@@ -39,6 +39,7 @@ from transformers import AutoConfig
 
 from lap_speechbrain import __version__
 from lap_speechbrain.export.card import model_card
+from lap_speechbrain.export.standalone import GENERATED_FILES, MODULE_FILE, standalone_files
 from lap_speechbrain.fileio import atomic_write, overlaps, sha256_file
 from lap_speechbrain.inference.audio import SSL_RECEPTIVE_FIELD
 from lap_speechbrain.inference.interfaces import TRAINED_MODEL_FOLDER
@@ -412,7 +413,8 @@ def export_training_output(
                  if path.is_file()]
         results = found[0] if found else None
     out_dir = check_destination(out_dir, [source, results, embedding_mean], overwrite=overwrite)
-    names = [name for name in marker["files"] if name != CARD_FILE]
+    # The card and the code for loading without this package are made anew.
+    names = [name for name in marker["files"] if name not in (CARD_FILE, *GENERATED_FILES)]
     missing = [name for name in names if not (source / name).is_file()]
     if missing:
         raise ExportError(f"{source} lacks {missing}, listed in its {EXPORT_MARKER}")
@@ -543,13 +545,15 @@ def _finish(
     card: Mapping[str, Any],
     source: Optional[Mapping[str, Any]],
 ) -> None:
-    """Checks that the staged model loads, then writes its card and marker."""
+    """Writes the files for loading without this package, checks that the model loads, writes card and marker."""
+    for name, text in standalone_files((folder / "hyperparams.yaml").read_text(encoding="utf-8"), __version__).items():
+        (folder / name).write_text(text, encoding="utf-8")
     _check_loads(folder)
     text = model_card(values, card["repo_id"] or str(out_dir), results, training_summary, card["origin"],
                       card["threshold_note"], card["license"], card["datasets"])
     (folder / CARD_FILE).write_text(text, encoding="utf-8")
     names = sorted(path.name for path in folder.iterdir())
-    model_files = [name for name in names if name != CARD_FILE]
+    model_files = [name for name in names if name not in (CARD_FILE, *GENERATED_FILES)]
     marker = {
         "format": MARKER_FORMAT,
         "package_version": __version__,
@@ -567,6 +571,8 @@ def _check_loads(folder: Path) -> None:
 
     try:
         EncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+        # Compiled, not imported: importing would leave the generated package in this process.
+        compile((folder / MODULE_FILE).read_text(encoding="utf-8"), MODULE_FILE, "exec")
     except Exception as error:
         raise ExportError(f"the exported model does not load: {error}") from error
 
