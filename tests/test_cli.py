@@ -64,6 +64,12 @@ def test_verify_embed_and_plot_attention(exported, tmp_path, capsys):
              22050)
     assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out",
                  str(tmp_path / "folder.pt"), "--batch-size", "2"]) == 0
+    quiet = capsys.readouterr().err  # no bars when stderr is not a terminal
+    assert "embed 3 files" not in quiet and "Reading audio headers" not in quiet
+    assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out",
+                 str(tmp_path / "progress.pt"), "--batch-size", "2", "--progress", "on"]) == 0
+    bar = capsys.readouterr().err
+    assert "embed 3 files" in bar and "0/3" in bar and "3/3" in bar  # over the files, per batch
     by_folder = torch.load(tmp_path / "folder.pt", weights_only=True)
     assert by_folder["embeddings"].shape == (3, 8) and len(by_folder["paths"]) == 3
     (tmp_path / "audio" / "list.txt").write_text("# trials\nnested/third.wav\nspeaker1.wav\n")

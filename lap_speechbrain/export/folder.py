@@ -4,7 +4,10 @@ An exported folder holds ``hyperparams.yaml`` (``lap_speechbrain/export/inferenc
 with its first section filled in), ``embedding_model.ckpt`` (SSL model and LAP
 backend), ``classifier.ckpt``, ``label_encoder.ckpt``, a ``README.md`` model
 card with Hugging Face metadata, the training recipe's ``training_summary.json``
-when there is one, and ``lap_export.json``, the marker that identifies the
+when there is one, ``custom_interface.py`` and ``hyperparams_standalone.yaml``
+(generated at every export by :mod:`lap_speechbrain.export.standalone`, for
+loading with SpeechBrain's ``foreign_class`` where this package is not
+installed), and ``lap_export.json``, the marker that identifies the
 folder as an export of this package (its files, their SHA-256, its source and
 the model card's settings).
 
@@ -259,6 +262,7 @@ def export_model(
     overwrite: bool = False,
     source: Optional[Mapping[str, Any]] = None,
     threshold_note: Optional[str] = None,
+    code_url: Optional[str] = None,
 ) -> Path:
     """Writes an exported model folder from in-memory parts.
 
@@ -304,6 +308,9 @@ def export_model(
     threshold_note : str or None
         How the threshold was chosen, for the card; default: calibrated on
         the validation trials, or uncalibrated when ``threshold`` is None.
+    code_url : str or None
+        Git URL of lap-speechbrain's source: the card's install line becomes
+        ``pip install git+<code_url>``.
 
     Returns
     -------
@@ -341,6 +348,7 @@ def export_model(
         "datasets": list(datasets),
         "repo_id": repo_id,
         "threshold_note": threshold_note or (UNCALIBRATED_NOTE if threshold is None else CALIBRATED_NOTE),
+        "code_url": code_url,
     }
 
     def write(folder: Path) -> None:
@@ -387,14 +395,14 @@ def export_training_output(
     embedding_mean : str or Path or None
         A ``torch.save``-d (E,) tensor: the training-set mean embedding to store.
     **card
-        ``repo_id``, ``license``, ``datasets``, ``overwrite`` of :func:`export_model`.
+        ``repo_id``, ``license``, ``datasets``, ``code_url``, ``overwrite`` of :func:`export_model`.
 
     Returns
     -------
     Path
         ``out_dir``.
     """
-    unknown = sorted(set(card) - {"repo_id", "license", "datasets", "overwrite"})
+    unknown = sorted(set(card) - {"repo_id", "license", "datasets", "code_url", "overwrite"})
     if unknown:
         raise TypeError(f"export_training_output got unexpected arguments {unknown}")
     overwrite = card.pop("overwrite", False)
@@ -475,7 +483,7 @@ def export_reference(
         Class names in class order; the reference does not store them, so the
         default names classes by index ("0", "1", ...).
     **card
-        ``repo_id``, ``license``, ``datasets``, ``overwrite`` of :func:`export_model`.
+        ``repo_id``, ``license``, ``datasets``, ``code_url``, ``overwrite`` of :func:`export_model`.
 
     Returns
     -------
@@ -550,7 +558,7 @@ def _finish(
         (folder / name).write_text(text, encoding="utf-8")
     _check_loads(folder)
     text = model_card(values, card["repo_id"] or str(out_dir), results, training_summary, card["origin"],
-                      card["threshold_note"], card["license"], card["datasets"])
+                      card["threshold_note"], card["license"], card["datasets"], card.get("code_url"))
     (folder / CARD_FILE).write_text(text, encoding="utf-8")
     names = sorted(path.name for path in folder.iterdir())
     model_files = [name for name in names if name not in (CARD_FILE, *GENERATED_FILES)]
