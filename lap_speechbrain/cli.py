@@ -24,8 +24,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from lap_speechbrain.known_warnings import filter_known_warnings
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
-# --progress -> extract_embeddings(progress=...): None leaves it to tqdm (on for a terminal).
+# --progress -> extract_embeddings(progress=...); None: bars only when stderr is a terminal.
 PROGRESS = {"auto": None, "on": True, "off": False}
 
 
@@ -276,6 +278,7 @@ class UsageError(Exception):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs ``lap-speechbrain``; returns the exit status."""
+    filter_known_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -61,6 +61,7 @@ from lap_speechbrain.fileio import (
     reporting_full_disk,
 )
 from lap_speechbrain.inference import load_audio, load_encoder
+from lap_speechbrain.known_warnings import filter_known_warnings
 from lap_speechbrain.nnet.sync_batchnorm import convert_sync_batchnorm
 from lap_speechbrain.scoring import (
     Trials,
@@ -758,6 +759,7 @@ def finish(hparams: dict, run_opts: dict) -> None:
 
 
 if __name__ == "__main__":
+    filter_known_warnings()
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     check_overrides(hparams_file, overrides)

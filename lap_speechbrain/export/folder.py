@@ -47,7 +47,7 @@ from lap_speechbrain.fileio import atomic_write, overlaps, sha256_file
 from lap_speechbrain.inference.audio import SSL_RECEPTIVE_FIELD
 from lap_speechbrain.inference.interfaces import TRAINED_MODEL_FOLDER
 from lap_speechbrain.lobes import SSLSpeakerEncoder
-from lap_speechbrain.lobes.ssl_encoder import BACKEND_KEYS
+from lap_speechbrain.lobes.ssl_encoder import BACKEND_KEYS, receptive_field as cnn_receptive_field
 from lap_speechbrain.scoring.report import read_results
 
 EXPORT_MARKER = "lap_export.json"
@@ -143,11 +143,7 @@ def receptive_field(ssl_config: Mapping[str, Any]) -> int:
     strides = ssl_config.get("conv_stride")
     if not kernels or not strides:
         return SSL_RECEPTIVE_FIELD
-    field, jump = 1, 1
-    for kernel, stride in zip(kernels, strides):
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field
+    return cnn_receptive_field(kernels, strides)
 
 
 def read_marker(folder: PathLike) -> Optional[Dict[str, Any]]:
