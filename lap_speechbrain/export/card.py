@@ -117,8 +117,8 @@ def model_card(
                 lines.append(f"| {trials} | {condition} | " + " | ".join(cells) + " |")
         lines.append("")
     install = (f"`pip install git+{code_url}`" if code_url else
-               "`pip install <lap-speechbrain checkout or wheel>` (the package is not on PyPI: install it from "
-               "its source repository or a wheel built from it)")
+               "it is not on PyPI: install it from its source repository or a wheel built from it, "
+               "`pip install <lap-speechbrain checkout or wheel>`")
     lines += [
         "## Usage",
         "",
@@ -132,8 +132,8 @@ def model_card(
         standalone_snippet(source),
         "```",
         "",
-        f"**With lap-speechbrain** ({install}), which also provides the `lap-speechbrain` command and the "
-        "pyannote.audio integration:",
+        "**With lap-speechbrain**, which also provides the `lap-speechbrain` command and the pyannote.audio "
+        f"integration ({install}):",
         "",
         "```python",
         usage_snippet(source),

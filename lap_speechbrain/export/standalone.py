@@ -182,9 +182,17 @@ def module_sources(roots: Sequence[str]) -> Dict[str, str]:
         name = todo.pop()
         if name in sources:
             continue
-        sources[name] = importlib.util.find_spec(name).loader.get_source(name)
+        sources[name] = _source(name)
         todo += _package_imports(sources[name])
     return sources
+
+
+def _source(name: str) -> str:
+    """The source text of a module of this package (read from the installed file, as ``inspect`` does)."""
+    try:
+        return inspect.getsource(importlib.import_module(name))
+    except OSError:  # inspect's answer for an empty file, e.g. a bare __init__.py
+        return ""
 
 
 def _package_imports(source: str) -> List[str]:
@@ -271,7 +279,7 @@ def _is_module(name: str) -> bool:
 
 
 def _is_package(name: str) -> bool:
-    return importlib.util.find_spec(name).submodule_search_locations is not None
+    return hasattr(importlib.import_module(name), "__path__")
 
 
 def _defining_module(dotted: str) -> str:
