@@ -25,6 +25,7 @@ Authors
 """
 
 import ast
+import functools
 import hashlib
 import importlib
 import importlib.abc
@@ -32,7 +33,7 @@ import importlib.util
 import inspect
 import json
 import re
-from typing import Dict, Iterable, List, Mapping, Sequence
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 PACKAGE = "lap_speechbrain"
 MODULE_FILE = "custom_interface.py"
@@ -120,25 +121,36 @@ def standalone_files(hyperparams: str, version: str) -> Dict[str, str]:
     False
     """
     objects = {match.group(2): _defining_module(match.group(2)) for match in YAML_OBJECT.finditer(hyperparams)}
-    sources = module_sources([INTERFACE_MODULE, *objects.values()])
-    private = "_lap_speechbrain_" + hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:12]
-    packages = sorted({name.rsplit(".", 1)[0] for name in sources if "." in name}
-                      | {name for name in sources if _is_package(name)})
-    texts = {_rename(name, private): _rewrite_imports(sources.get(name, ""), name, private)
-             for name in sorted(set(sources) | set(packages))}
+    private, texts, packages = _private_package(tuple(sorted({INTERFACE_MODULE, *objects.values()})))
 
     def renamed(match: "re.Match[str]") -> str:
         attribute = match.group(2).rsplit(".", 1)[1]
         return f"{match.group(1)}{_rename(objects[match.group(2)], private)}.{attribute}"
 
     return {
-        MODULE_FILE: _module_text(private, texts, [_rename(name, private) for name in packages], version),
+        MODULE_FILE: _module_text(private, texts, packages, version),
         HPARAMS_FILE: (
             f"# Generated from hyperparams.yaml by lap-speechbrain {version} at export: the same model, built by\n"
             f"# the code in {MODULE_FILE}, for loading without the lap_speechbrain package:\n"
             f"#   {foreign_class_call('<source>')}\n\n" + YAML_OBJECT.sub(renamed, hyperparams)
         ),
     }
+
+
+@functools.lru_cache(maxsize=None)
+def _private_package(roots: Tuple[str, ...]) -> Tuple[str, Dict[str, str], List[str]]:
+    """The private package of the code ``roots`` need: its name, module name -> source, package names.
+
+    Cached: parsing the sources costs seconds, and the package's code does not
+    change while it runs.
+    """
+    sources = module_sources(roots)
+    private = "_lap_speechbrain_" + hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:12]
+    parents = {".".join(name.split(".")[:depth]) for name in sources for depth in range(1, name.count(".") + 1)}
+    packages = sorted(parents | {name for name in sources if _is_package(name)})
+    texts = {_rename(name, private): _rewrite_imports(sources.get(name, ""), name, private)
+             for name in sorted(set(sources) | set(packages))}
+    return private, texts, [_rename(name, private) for name in packages]
 
 
 def foreign_class_call(source: str) -> str:
