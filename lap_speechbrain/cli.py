@@ -24,7 +24,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from lap_speechbrain.known_warnings import filter_known_warnings
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+# --progress -> extract_embeddings(progress=...); None: bars only when stderr is a terminal.
+PROGRESS = {"auto": None, "on": True, "off": False}
 
 
 class CommandError(Exception):
@@ -66,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="padded seconds of audio per batch (default: 600)")
     embed.add_argument("--normalize", action="store_true",
                        help="subtract the stored training-set mean embedding")
+    embed.add_argument("--progress", choices=sorted(PROGRESS), default="auto",
+                       help="progress bar over the files on stderr: auto (when stderr is a terminal), "
+                            "on or off (default: auto)")
     _model_arguments(embed)
     embed.set_defaults(run=run_embed)
 
@@ -93,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="license of the model card (default: the training output's, else apache-2.0)")
     export.add_argument("--dataset", action="append", default=None,
                         help="hub dataset id for the model card (repeatable; default: the training output's)")
+    export.add_argument("--code-url", default=None,
+                        help="git URL of lap-speechbrain's source: the card's install line becomes "
+                             "'pip install git+URL' (default: the training output's)")
     export.add_argument("--overwrite", action="store_true",
                         help="replace OUT_DIR if it is an earlier export (never any other folder)")
     export.set_defaults(run=run_export)
@@ -188,6 +198,8 @@ def run_embed(args: argparse.Namespace) -> None:
         max_chunk_seconds=model.hparams.max_chunk_seconds,
         sample_rate=model.hparams.sample_rate,
         device=args.device,
+        desc=f"embed {len(files)} files",
+        progress=PROGRESS[args.progress],
     )
     out = Path(args.out)
     with atomic_open(out, "wb") as file:
@@ -205,6 +217,8 @@ def run_export(args: argparse.Namespace) -> None:
         card["license"] = args.license
     if args.dataset:
         card["datasets"] = args.dataset
+    if args.code_url:
+        card["code_url"] = args.code_url
     if args.reference_checkpoint is not None:
         if len(args.paths) != 1 or args.ssl_source is None:
             raise UsageError("with --reference-checkpoint give --ssl-source and exactly one OUT_DIR")
@@ -264,6 +278,7 @@ class UsageError(Exception):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs ``lap-speechbrain``; returns the exit status."""
+    filter_known_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -27,6 +27,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from lap_speechbrain.fileio import FolderLock
 from lap_speechbrain.inference import load_audio, load_encoder
+from lap_speechbrain.known_warnings import filter_known_warnings
 from lap_speechbrain.scoring import (
     encoder_embedding_fn,
     markdown_table,
@@ -85,4 +86,5 @@ def score(hparams: dict, hparams_file: str, overrides: str, run_opts: dict) -> N
 
 
 if __name__ == "__main__":
+    filter_known_warnings()
     main(sys.argv[1:])

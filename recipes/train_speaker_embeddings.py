@@ -61,6 +61,7 @@ from lap_speechbrain.fileio import (
     reporting_full_disk,
 )
 from lap_speechbrain.inference import load_audio, load_encoder
+from lap_speechbrain.known_warnings import filter_known_warnings
 from lap_speechbrain.nnet.sync_batchnorm import convert_sync_batchnorm
 from lap_speechbrain.scoring import (
     Trials,
@@ -73,6 +74,7 @@ from lap_speechbrain.scoring import (
     run_verification,
 )
 from lap_speechbrain.training.checkpoints import AtomicCheckpointer
+from lap_speechbrain.training.progress import described_progress_bars
 from lap_speechbrain.training.settings import check_override_keys
 from lap_speechbrain.training.stages import (
     DONE_FILE,
@@ -121,6 +123,7 @@ class SpeakerBrain(sb.Brain):
     the utterances of a held-out trial list, and the epoch's checkpoint is
     kept or dropped by its EER. Precision is SpeechBrain's (``--precision``);
     the classifier and the margin loss compute in fp32 whatever the autocast.
+    Its progress bars name the stage, the pass and the epoch ("frozen: train epoch 1").
 
     Arguments
     ---------
@@ -140,6 +143,12 @@ class SpeakerBrain(sb.Brain):
         self.valid_embeddings: Dict[str, torch.Tensor] = {}
         self.train_stats: Dict[str, float] = {}
         self.tensorboard = None
+        self.bar_description = ""
+
+    def fit(self, *args, **kwargs):
+        """SpeechBrain's ``fit``, with the stage, pass and epoch named on its progress bars."""
+        with described_progress_bars(lambda: self.bar_description):
+            return super().fit(*args, **kwargs)
 
     def compute_forward(self, batch, stage):
         """Cosines to every class (training) or embeddings (validation).
@@ -217,7 +226,8 @@ class SpeakerBrain(sb.Brain):
             self.hparams.margin_schedule.step()
 
     def on_stage_start(self, stage, epoch=None):
-        """Resets the epoch's counters."""
+        """Resets the epoch's counters and names the pass's progress bar."""
+        self.bar_description = f"{self.hparams.stage_name}: {stage.name.lower()} epoch {epoch}"
         if stage == sb.Stage.TRAIN:
             self.epoch_start = time.time()
             self.train_correct = 0
@@ -696,6 +706,7 @@ def save_model(out_dir: Path, hparams: dict, records: List[dict], speakers: List
                 f"(output folder `{Path(hparams['output_folder']).name}`)"
             ),
             datasets=hparams["model_card_datasets"],
+            code_url=hparams["model_card_code_url"],
             overwrite=True,
         )
 
@@ -748,6 +759,7 @@ def finish(hparams: dict, run_opts: dict) -> None:
 
 
 if __name__ == "__main__":
+    filter_known_warnings()
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     check_overrides(hparams_file, overrides)

@@ -1,7 +1,9 @@
 """The ``lap-speechbrain`` command: every subcommand and its errors, offline."""
 
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib.image
@@ -24,6 +26,7 @@ from transformers import WavLMModel
 from lap_speechbrain.cli import main
 from lap_speechbrain.export.folder import fill_template
 from lap_speechbrain.inference import LAPSpeakerRecognition
+from lap_speechbrain.known_warnings import KNOWN_WARNINGS
 from lap_speechbrain.lobes import SSLSpeakerEncoder
 from lap_speechbrain.nnet import SubCenterClassifier
 
@@ -62,8 +65,18 @@ def test_verify_embed_and_plot_attention(exported, tmp_path, capsys):
     (tmp_path / "audio" / "nested").mkdir()
     sf.write(tmp_path / "audio" / "nested" / "third.wav", np.random.default_rng(1).standard_normal(12000) * 0.1,
              22050)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a padded batch makes torch warn about WavLM's attention masks
+        assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out",
+                     str(tmp_path / "folder.pt"), "--batch-size", "2"]) == 0
+    known = [str(w.message) for w in caught if any(re.match(message, str(w.message)) for _, message in KNOWN_WARNINGS)]
+    assert not known, known
+    quiet = capsys.readouterr().err  # no bars when stderr is not a terminal
+    assert "embed 3 files" not in quiet and "Reading audio headers" not in quiet
     assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out",
-                 str(tmp_path / "folder.pt"), "--batch-size", "2"]) == 0
+                 str(tmp_path / "progress.pt"), "--batch-size", "2", "--progress", "on"]) == 0
+    bar = capsys.readouterr().err
+    assert "embed 3 files" in bar and "0/3" in bar and "3/3" in bar  # over the files, per batch
     by_folder = torch.load(tmp_path / "folder.pt", weights_only=True)
     assert by_folder["embeddings"].shape == (3, 8) and len(by_folder["paths"]) == 3
     (tmp_path / "audio" / "list.txt").write_text("# trials\nnested/third.wav\nspeaker1.wav\n")
@@ -220,7 +233,8 @@ def test_export_refuses_a_non_empty_folder(training_output, exported, capsys):
 def test_push_dry_run_and_upload(exported, capsys, monkeypatch):
     assert main(["push", str(exported), "me/lap-tiny", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "embedding_model.ckpt" in out and "would upload 6 files" in out and "lap_export.json" not in out
+    assert "embedding_model.ckpt" in out and "would upload 8 files" in out and "lap_export.json" not in out
+    assert "custom_interface.py" in out and "hyperparams_standalone.yaml" in out  # loading without the package
 
     api = FakeApi()
     monkeypatch.setattr("lap_speechbrain.export.hub.HfApi", lambda: api)

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -39,6 +41,7 @@ from lap_speechbrain.export.folder import (
     read_marker,
 )
 from lap_speechbrain.export.hub import push_to_hub
+from lap_speechbrain.export.standalone import GENERATED_FILES, HPARAMS_FILE, foreign_class_call
 from lap_speechbrain.export.reference import (
     BACKEND_ARGUMENTS,
     ReferenceCheckpointError,
@@ -302,16 +305,27 @@ def test_model_card_has_metadata_results_and_a_snippet_that_runs(training_output
     assert "| trials | scoring | EER (%) | minDCF 0.01 | minDCF 0.05 |" in card
     assert "| Vox1-O | asnorm | 1.010 | 0.090 | 0.060 |" in card
     assert '"valid_threshold": 0.3125' in card  # the training summary
-    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
-    assert '"lap-org/lap-wavlm-tiny"' in snippet
-    snippet = snippet.replace('"lap-org/lap-wavlm-tiny"', repr(str(folder)))
+    snippets = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert "foreign_class(" in snippets[0] and "lap_speechbrain" not in snippets[0]  # the package-free route
+    assert "`pip install speechbrain transformers`" in card
+    assert "`pip install <lap-speechbrain checkout or wheel>`" in card  # no code_url given: no invented name
+    assert "out_prob" in card and "not log posteriors" in card
     monkeypatch.chdir(tmp_path)
     first, second = write_voices(tmp_path)
-    shutil.copy(second, tmp_path / "speaker2.wav")  # the snippet names two wav files
-    namespace = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)
-    assert namespace["embedding"].shape == (1, 1, 8)
-    assert isinstance(bool(namespace["same_speaker"]), bool)
+    shutil.copy(second, tmp_path / "speaker2.wav")  # the snippets name two wav files
+    embeddings = []
+    for snippet in snippets:
+        assert '"lap-org/lap-wavlm-tiny"' in snippet
+        namespace = {}
+        exec(compile(snippet.replace('"lap-org/lap-wavlm-tiny"', repr(str(folder))), "README.md", "exec"),
+             namespace)
+        assert namespace["embedding"].shape == (1, 1, 8)
+        assert isinstance(bool(namespace["same_speaker"]), bool)
+        embeddings.append(namespace["embedding"])
+    assert torch.allclose(embeddings[0], embeddings[1], atol=1e-6)
+    url = "https://example.org/lap-speechbrain.git"
+    coded = export_training_output(training_output, tmp_path / "coded", code_url=url)
+    assert f"`pip install git+{url}`" in (coded / "README.md").read_text()
     # Without any results.json the card has no results; without a stored threshold it says so.
     (training_output / "evaluation" / "results.json").unlink()
     (training_output / "results.json").unlink()
@@ -399,6 +413,7 @@ class FakeApi:
 def test_push_uploads_only_the_exports_own_files(exported, tmp_path):
     own = sorted(read_marker(exported)["files"])
     assert EXPORT_MARKER not in own  # it records local paths: it stays here
+    assert set(GENERATED_FILES) <= set(own)  # the code for loading without this package goes up too
     (exported / ".env").write_text("HF_TOKEN=secret")
     (exported / ".git").mkdir()
     (exported / ".git" / "config").write_text("[remote] url=https://user:pw@example.org")
@@ -439,3 +454,51 @@ export_model("run/model", parts["ssl_config"], parts["backend"], parts["embeddin
 assert main(["export", "run", "exported"]) == 0
 assert main(["verify", "a.wav", "a.wav", "--model", "exported"]) == 0
 """
+
+
+WITHOUT_PACKAGE = """
+import sys
+
+import torch
+from speechbrain.inference.interfaces import foreign_class
+
+try:
+    import lap_speechbrain
+except ImportError:
+    pass
+else:
+    raise AssertionError(f"lap_speechbrain is importable from {lap_speechbrain.__file__}")
+source = sys.argv[1]
+torch.set_num_threads(int(sys.argv[2]))  # the test's: the same numerics
+model = LOAD
+wavs, lengths = torch.load("batch.pt")
+score, decision = model.verify_files("speaker1.wav", "speaker2.flac")
+torch.save({"embeddings": model.encode_batch(wavs, lengths), "score": score, "decision": decision,
+            "threshold": model.threshold}, "out.pt")
+assert not any(name == "lap_speechbrain" or name.startswith("lap_speechbrain.") for name in sys.modules)
+"""
+
+
+def test_exported_folder_loads_without_the_package(exported, tmp_path):
+    """Issue 12: SpeechBrain's foreign_class loads an export where lap_speechbrain cannot be imported."""
+    copy = export_training_output(exported.parent, tmp_path / "copy", threshold=0.123)
+    shadow = tmp_path / "shadow" / "lap_speechbrain"  # stands for "not installed" in front of the editable install
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('lap_speechbrain is not installed here')\n")
+    work = tmp_path / "user"
+    write_voices(work)
+    wavs, lengths = batch()
+    torch.save((wavs, lengths), work / "batch.pt")
+    (work / "load.py").write_text(WITHOUT_PACKAGE.replace("LOAD", foreign_class_call("{source}").replace(
+        '"{source}"', "source")))
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "load.py", str(copy), str(torch.get_num_threads())], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = torch.load(work / "out.pt", weights_only=True)
+    model = LAPSpeakerRecognition.from_hparams(source=str(copy))
+    assert torch.allclose(theirs["embeddings"], model.encode_batch(wavs, lengths), atol=1e-6)
+    score, decision = model.verify_files(str(work / "speaker1.wav"), str(work / "speaker2.flac"))
+    assert torch.allclose(theirs["score"], score, atol=1e-6) and bool(theirs["decision"]) == bool(decision)
+    assert theirs["threshold"] == 0.123  # the generated yaml follows the copy's hyperparams.yaml
+    assert not re.search(r"!\w+:lap_speechbrain", (copy / HPARAMS_FILE).read_text())

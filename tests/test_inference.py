@@ -121,8 +121,8 @@ def batch(seed=0, lengths=(16000, 11200, 6400)):
 def test_exported_folder_gives_the_training_embeddings(trained, exported):
     encoder, _ = trained
     assert sorted(p.name for p in exported.iterdir()) == [
-        "README.md", "classifier.ckpt", "embedding_model.ckpt", "hyperparams.yaml", "label_encoder.ckpt",
-        "lap_export.json", "training_summary.json"]
+        "README.md", "classifier.ckpt", "custom_interface.py", "embedding_model.ckpt", "hyperparams.yaml",
+        "hyperparams_standalone.yaml", "label_encoder.ckpt", "lap_export.json", "training_summary.json"]
     model = EncoderClassifier.from_hparams(source=str(exported))
     wavs, lens = batch()
     with torch.no_grad():

@@ -19,6 +19,7 @@ PACKAGE_ROOT = Path(lap_speechbrain.__file__).parent
 # use anything, and nothing uses it.
 LAYERS = {
     "fileio": 0,
+    "known_warnings": 0,
     "data": 1,
     "lobes": 1,
     "nnet": 1,

@@ -103,6 +103,22 @@ def test_encoder_is_padding_invariant(fixture, padding, make_encoder, request):
     assert (padded - alone).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("fixture", ["tiny_wavlm_base", "tiny_wavlm_large"])
+def test_rows_shorter_than_the_receptive_field_raise_naming_them(fixture, make_encoder, request):
+    """Issue 12: one rule for both model types (Base-type failed inside its CNN, Large-type embedded padding)."""
+    encoder = make_encoder(request.getfixturevalue(fixture)).eval()
+    assert encoder.min_samples == 400
+    wavs = 0.1 * torch.randn(3, 4000, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([4000.0, 399.0, 400.0]) / 4000
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"rows \[1\] of the batch have \[399\] samples, fewer than the "
+                                               r"SSL model's receptive field of 400 samples"):
+            encoder(wavs, lengths)
+        with pytest.raises(RuntimeError, match=r"rows \[0, 1\] of the batch have \[399, 399\] samples"):
+            encoder(wavs[:2, :399])  # unpadded
+        assert torch.isfinite(encoder(wavs[[0, 2]], lengths[[0, 2]])).all()  # 400 samples: one frame
+
+
 def test_base_type_wavlm_itself_is_not_padding_neutral(tiny_wavlm_base, make_encoder):
     """Why the encoder runs padded Base-type batches per utterance: the HF model
     run batched changes the valid frames of the shorter utterances."""

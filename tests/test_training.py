@@ -1,15 +1,17 @@
-"""Tests of lap_speechbrain.training: crash-safe checkpoints, stage bookkeeping, override checks."""
+"""Tests of lap_speechbrain.training: crash-safe checkpoints, stage bookkeeping, override checks, progress bars."""
 
 import re
 from pathlib import Path
 
 import pytest
+import speechbrain as sb
 import torch
 
 from lap_speechbrain import fileio
 from lap_speechbrain.fileio import NoSpaceLeftError, atomic_write_json
 from lap_speechbrain.nnet import SubCenterClassifier
 from lap_speechbrain.training.checkpoints import AtomicCheckpointer
+from lap_speechbrain.training.progress import described_progress_bars
 from lap_speechbrain.training.settings import check_override_keys, unknown_override_keys
 from lap_speechbrain.training.stages import (
     check_stage_order,
@@ -167,3 +169,29 @@ def test_overrides_may_only_name_keys_of_the_yaml():
     ]
     with pytest.raises(ValueError, match=r"unknown settings for train.yaml: frozen\.epoch "):
         check_override_keys(YAML, {"frozen": {"epoch": 2}}, source="train.yaml")
+
+
+class ToyBrain(sb.Brain):
+    """A one-layer Brain whose progress bars are named by on_stage_start, as the training recipe's are."""
+
+    def compute_forward(self, batch, stage):
+        return self.modules.model(batch)
+
+    def compute_objectives(self, predictions, batch, stage):
+        return predictions.pow(2).mean()
+
+    def on_stage_start(self, stage, epoch=None):
+        self.bar_description = f"toy: {stage.name.lower()} epoch {epoch}"
+
+
+def test_progress_bars_name_the_stage_pass_and_epoch(capsys):
+    brain = ToyBrain(modules={"model": torch.nn.Linear(2, 1)}, opt_class=lambda params: torch.optim.SGD(params, 0.1),
+                     run_opts={"device": "cpu"})
+    data = [torch.randn(3, 2) for _ in range(2)]
+    with described_progress_bars(lambda: brain.bar_description):
+        brain.fit(range(1, 3), data, data[:1])
+    bars = capsys.readouterr().err
+    for name in ("toy: train epoch 1", "toy: valid epoch 1", "toy: train epoch 2", "toy: valid epoch 2"):
+        assert f"{name}: 100%" in bars, bars
+    brain.fit(range(3, 4), data, data[:1])  # outside the context: SpeechBrain's plain bars again
+    assert "toy:" not in capsys.readouterr().err

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from lap_speechbrain.export.standalone import HPARAMS_FILE, MODULE_FILE, foreign_class_call
+
 PAPER = "https://arxiv.org/abs/2512.22148"
 SSL_NAMES = {"wavlm": "WavLM", "hubert": "HuBERT", "wav2vec2": "wav2vec 2.0"}
 TAGS = ["speechbrain", "speaker-verification", "speaker-recognition", "embeddings", "wavlm",
@@ -29,6 +31,7 @@ def model_card(
     threshold_note: str,
     license: str,
     datasets: Sequence[str],
+    code_url: Optional[str] = None,
 ) -> str:
     """The exported folder's ``README.md``: Hub metadata, description, results, usage.
 
@@ -52,6 +55,9 @@ def model_card(
         Hub license identifier.
     datasets : sequence of str
         Hub dataset identifiers (may be empty).
+    code_url : str or None
+        Git URL of lap-speechbrain's source, for the card's ``pip install
+        git+<url>``; without it the card says to install from a checkout or wheel.
 
     Returns
     -------
@@ -110,26 +116,41 @@ def model_card(
                 cells = [_format(eer, 100)] + [_format(dcfs.get(p)) for p in priors]
                 lines.append(f"| {trials} | {condition} | " + " | ".join(cells) + " |")
         lines.append("")
+    install = (f"`pip install git+{code_url}`" if code_url else
+               "it is not on PyPI: install it from its source repository or a wheel built from it, "
+               "`pip install <lap-speechbrain checkout or wheel>`")
     lines += [
         "## Usage",
         "",
-        "Needs `pip install lap-speechbrain` (the yaml builds its modules). Audio files may have any "
-        "sample rate and channel count.",
+        "Audio files may have any sample rate and channel count.",
+        "",
+        "**Without lap-speechbrain** (`pip install speechbrain transformers`): SpeechBrain's `foreign_class` "
+        f"builds the model with the code in `{MODULE_FILE}` (lap-speechbrain's own modules, generated at "
+        f"export) and `{HPARAMS_FILE}`:",
+        "",
+        "```python",
+        standalone_snippet(source),
+        "```",
+        "",
+        "**With lap-speechbrain**, which also provides the `lap-speechbrain` command and the pyannote.audio "
+        f"integration ({install}):",
         "",
         "```python",
         usage_snippet(source),
         "```",
         "",
-        "`LAPSpeakerRecognition` decides with the threshold stored in `hyperparams.yaml` (same speaker when "
+        "Both give the same embeddings and decisions. `LAPSpeakerRecognition` decides with the threshold stored "
+        "in `hyperparams.yaml` (same speaker when "
         "the cosine is >= the threshold). Plain `speechbrain.inference.speaker.SpeakerRecognition` also "
-        "loads this model, but its `verify_files` decides with its fixed default threshold 0.25 (and "
-        "`score > threshold`). `classify_batch` returns cosine similarities to the training speakers in "
-        "`out_prob`, not log posteriors.",
+        "loads this model when lap-speechbrain is installed, but its `verify_files` decides with its fixed "
+        "default threshold 0.25 (and `score > threshold`). `classify_batch` returns cosine similarities to the "
+        "training speakers in `out_prob`, not log posteriors (SpeechBrain's docstring says log posteriors); "
+        "its `index` and `text_lab` are those of the most similar speaker.",
         "",
         "## Security",
         "",
-        "Loading a model executes its `hyperparams.yaml` (it constructs Python objects): load only "
-        "repositories you trust. The checkpoints are read with `torch.load(weights_only=True)`.",
+        "Loading a model executes its `hyperparams.yaml` (it constructs Python objects) and, with "
+        f"`foreign_class`, its `{MODULE_FILE}`: load only repositories you trust. The checkpoints are read with `torch.load(weights_only=True)`.",
         "",
     ]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
@@ -148,6 +169,17 @@ print(f"cosine {{score.item():.3f}}, same speaker: {{bool(same_speaker)}}")
 encoder = EncoderClassifier.from_hparams(source=source, savedir="pretrained_models/lap")
 waveform = verification.load_audio("speaker1.wav")  # mono, 16 kHz
 embedding = encoder.encode_batch(waveform.unsqueeze(0))  # (1, 1, embedding_dim)
+print(embedding.shape)'''
+
+
+def standalone_snippet(source: str) -> str:
+    """Python code that loads the model from ``source`` without lap-speechbrain and uses it."""
+    return f'''from speechbrain.inference.interfaces import foreign_class
+
+verification = {foreign_class_call(source)}
+score, same_speaker = verification.verify_files("speaker1.wav", "speaker2.wav")
+print(f"cosine {{score.item():.3f}}, same speaker: {{bool(same_speaker)}}")
+embedding = verification.encode_file("speaker1.wav")  # (1, 1, embedding_dim)
 print(embedding.shape)'''
 
 

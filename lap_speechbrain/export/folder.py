@@ -4,7 +4,10 @@ An exported folder holds ``hyperparams.yaml`` (``lap_speechbrain/export/inferenc
 with its first section filled in), ``embedding_model.ckpt`` (SSL model and LAP
 backend), ``classifier.ckpt``, ``label_encoder.ckpt``, a ``README.md`` model
 card with Hugging Face metadata, the training recipe's ``training_summary.json``
-when there is one, and ``lap_export.json``, the marker that identifies the
+when there is one, ``custom_interface.py`` and ``hyperparams_standalone.yaml``
+(generated at every export by :mod:`lap_speechbrain.export.standalone`, for
+loading with SpeechBrain's ``foreign_class`` where this package is not
+installed), and ``lap_export.json``, the marker that identifies the
 folder as an export of this package (its files, their SHA-256, its source and
 the model card's settings).
 
@@ -39,11 +42,12 @@ from transformers import AutoConfig
 
 from lap_speechbrain import __version__
 from lap_speechbrain.export.card import model_card
+from lap_speechbrain.export.standalone import GENERATED_FILES, MODULE_FILE, standalone_files
 from lap_speechbrain.fileio import atomic_write, overlaps, sha256_file
 from lap_speechbrain.inference.audio import SSL_RECEPTIVE_FIELD
 from lap_speechbrain.inference.interfaces import TRAINED_MODEL_FOLDER
 from lap_speechbrain.lobes import SSLSpeakerEncoder
-from lap_speechbrain.lobes.ssl_encoder import BACKEND_KEYS
+from lap_speechbrain.lobes.ssl_encoder import BACKEND_KEYS, receptive_field as cnn_receptive_field
 from lap_speechbrain.scoring.report import read_results
 
 EXPORT_MARKER = "lap_export.json"
@@ -139,11 +143,7 @@ def receptive_field(ssl_config: Mapping[str, Any]) -> int:
     strides = ssl_config.get("conv_stride")
     if not kernels or not strides:
         return SSL_RECEPTIVE_FIELD
-    field, jump = 1, 1
-    for kernel, stride in zip(kernels, strides):
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field
+    return cnn_receptive_field(kernels, strides)
 
 
 def read_marker(folder: PathLike) -> Optional[Dict[str, Any]]:
@@ -258,6 +258,7 @@ def export_model(
     overwrite: bool = False,
     source: Optional[Mapping[str, Any]] = None,
     threshold_note: Optional[str] = None,
+    code_url: Optional[str] = None,
 ) -> Path:
     """Writes an exported model folder from in-memory parts.
 
@@ -303,6 +304,9 @@ def export_model(
     threshold_note : str or None
         How the threshold was chosen, for the card; default: calibrated on
         the validation trials, or uncalibrated when ``threshold`` is None.
+    code_url : str or None
+        Git URL of lap-speechbrain's source: the card's install line becomes
+        ``pip install git+<code_url>``.
 
     Returns
     -------
@@ -340,6 +344,7 @@ def export_model(
         "datasets": list(datasets),
         "repo_id": repo_id,
         "threshold_note": threshold_note or (UNCALIBRATED_NOTE if threshold is None else CALIBRATED_NOTE),
+        "code_url": code_url,
     }
 
     def write(folder: Path) -> None:
@@ -386,14 +391,14 @@ def export_training_output(
     embedding_mean : str or Path or None
         A ``torch.save``-d (E,) tensor: the training-set mean embedding to store.
     **card
-        ``repo_id``, ``license``, ``datasets``, ``overwrite`` of :func:`export_model`.
+        ``repo_id``, ``license``, ``datasets``, ``code_url``, ``overwrite`` of :func:`export_model`.
 
     Returns
     -------
     Path
         ``out_dir``.
     """
-    unknown = sorted(set(card) - {"repo_id", "license", "datasets", "overwrite"})
+    unknown = sorted(set(card) - {"repo_id", "license", "datasets", "code_url", "overwrite"})
     if unknown:
         raise TypeError(f"export_training_output got unexpected arguments {unknown}")
     overwrite = card.pop("overwrite", False)
@@ -412,7 +417,8 @@ def export_training_output(
                  if path.is_file()]
         results = found[0] if found else None
     out_dir = check_destination(out_dir, [source, results, embedding_mean], overwrite=overwrite)
-    names = [name for name in marker["files"] if name != CARD_FILE]
+    # The card and the code for loading without this package are made anew.
+    names = [name for name in marker["files"] if name not in (CARD_FILE, *GENERATED_FILES)]
     missing = [name for name in names if not (source / name).is_file()]
     if missing:
         raise ExportError(f"{source} lacks {missing}, listed in its {EXPORT_MARKER}")
@@ -473,7 +479,7 @@ def export_reference(
         Class names in class order; the reference does not store them, so the
         default names classes by index ("0", "1", ...).
     **card
-        ``repo_id``, ``license``, ``datasets``, ``overwrite`` of :func:`export_model`.
+        ``repo_id``, ``license``, ``datasets``, ``code_url``, ``overwrite`` of :func:`export_model`.
 
     Returns
     -------
@@ -543,13 +549,15 @@ def _finish(
     card: Mapping[str, Any],
     source: Optional[Mapping[str, Any]],
 ) -> None:
-    """Checks that the staged model loads, then writes its card and marker."""
+    """Writes the files for loading without this package, checks that the model loads, writes card and marker."""
+    for name, text in standalone_files((folder / "hyperparams.yaml").read_text(encoding="utf-8"), __version__).items():
+        (folder / name).write_text(text, encoding="utf-8")
     _check_loads(folder)
     text = model_card(values, card["repo_id"] or str(out_dir), results, training_summary, card["origin"],
-                      card["threshold_note"], card["license"], card["datasets"])
+                      card["threshold_note"], card["license"], card["datasets"], card.get("code_url"))
     (folder / CARD_FILE).write_text(text, encoding="utf-8")
     names = sorted(path.name for path in folder.iterdir())
-    model_files = [name for name in names if name != CARD_FILE]
+    model_files = [name for name in names if name not in (CARD_FILE, *GENERATED_FILES)]
     marker = {
         "format": MARKER_FORMAT,
         "package_version": __version__,
@@ -567,6 +575,8 @@ def _check_loads(folder: Path) -> None:
 
     try:
         EncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+        # Compiled, not imported: importing would leave the generated package in this process.
+        compile((folder / MODULE_FILE).read_text(encoding="utf-8"), MODULE_FILE, "exec")
     except Exception as error:
         raise ExportError(f"the exported model does not load: {error}") from error
 

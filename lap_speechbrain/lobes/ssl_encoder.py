@@ -5,7 +5,7 @@ Authors
 """
 
 import inspect
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,21 @@ from lap_speechbrain.lobes.backend import LAPSpeakerBackend
 BACKEND_KEYS = tuple(
     name for name in inspect.signature(LAPSpeakerBackend).parameters if name not in ("num_layers", "input_size")
 )
+
+
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Samples seen by one output frame of a stack of 1-d convolutions (400 for WavLM's CNN).
+
+    Example
+    -------
+    >>> receptive_field([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2])
+    400
+    """
+    field, jump = 1, 1
+    for kernel, stride in zip(kernels, strides):
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
 
 
 class SSLSpeakerEncoder(nn.Module):
@@ -50,6 +65,11 @@ class SSLSpeakerEncoder(nn.Module):
       changes with padding. For such models a padded batch is run one utterance
       at a time at its own length, which makes the embedding independent of
       the batch it is in. Batches without padding (training crops) run batched.
+    - A row shorter than the CNN's receptive field (:attr:`min_samples`, 400
+      samples for WavLM) has no frame to embed: it raises ``RuntimeError``
+      naming the row, for either model type (a Base-type CNN would fail on
+      it, a Large-type one would embed padding). pyannote.audio's
+      minimum-length search expects this ``RuntimeError``.
     - The SpecAugment mask embedding receives no gradient while SpecAugment is
       off, so it is then excluded from training (DDP stops on unused
       parameters otherwise).
@@ -85,6 +105,7 @@ class SSLSpeakerEncoder(nn.Module):
         self.num_layers = config.num_hidden_layers + 1
         self.input_size = config.hidden_size
         self.pads_by_group_norm = getattr(config, "feat_extract_norm", "") == "group"
+        self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
         self.backend = LAPSpeakerBackend(
             num_layers=self.num_layers,
             input_size=self.input_size,
@@ -235,6 +256,32 @@ class SSLSpeakerEncoder(nn.Module):
         states.append(last)
         return torch.stack(states)
 
+    def check_lengths(self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor]) -> None:
+        """Refuses rows shorter than :attr:`min_samples`, naming them.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            (B, N) waveforms.
+        wav_lens : torch.Tensor or None
+            Relative lengths (B,).
+
+        Raises
+        ------
+        RuntimeError
+            Naming the rows, their lengths and the minimum.
+        """
+        if wav_lens is None:
+            samples = torch.full((wavs.shape[0],), wavs.shape[1])
+        else:
+            samples = torch.round(wav_lens.detach().cpu() * wavs.shape[1]).long()
+        short = (samples < self.min_samples).nonzero()[:, 0].tolist()
+        if short:
+            raise RuntimeError(
+                f"rows {short} of the batch have {samples[short].tolist()} samples, fewer than the SSL "
+                f"model's receptive field of {self.min_samples} samples: no frame to embed; leave them out"
+            )
+
     def hidden_states(
         self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
@@ -254,6 +301,7 @@ class SSLSpeakerEncoder(nn.Module):
         torch.Tensor
             (L, B, T, D).
         """
+        self.check_lengths(wavs, wav_lens)
         padded = wav_lens is not None and bool((torch.round(wav_lens * wavs.shape[1]) < wavs.shape[1]).any())
         if not (padded and self.pads_by_group_norm):
             return self._run_ssl(wavs, wav_lens)

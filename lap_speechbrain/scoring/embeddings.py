@@ -36,6 +36,7 @@ import functools
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -130,7 +131,7 @@ def audio_identity(path: Union[str, Path]) -> str:
 
 
 def check_audio_files(
-    utterances: Sequence[Tuple[str, str]], durations: Optional[Sequence[float]] = None
+    utterances: Sequence[Tuple[str, str]], durations: Optional[Sequence[float]] = None, progress: bool = True
 ) -> np.ndarray:
     """Checks that every file exists and is readable; returns the durations.
 
@@ -141,6 +142,8 @@ def check_audio_files(
     durations : sequence of float, optional
         Known durations in seconds (e.g. from a manifest CSV); without them
         the audio headers are read, in parallel.
+    progress : bool
+        Show a progress bar while reading the headers.
 
     Returns
     -------
@@ -163,7 +166,7 @@ def check_audio_files(
         if len(durations) != len(paths):
             raise ValueError(f"{len(durations)} durations for {len(paths)} utterances")
         return np.asarray(durations, dtype=np.float64)
-    infos = probe_audio(paths, desc="Reading audio headers")
+    infos = probe_audio(paths, desc="Reading audio headers" if progress else "")
     found = {str(info.path): info.duration for info in infos}
     unreadable = [path for path in paths if str(Path(path)) not in found]
     if unreadable:
@@ -335,6 +338,7 @@ def extract_embeddings(
     num_workers: int = 0,
     shard_size: int = 256,
     desc: str = "Embedding",
+    progress: Optional[bool] = True,
 ) -> EmbeddingTable:
     """Embeds each utterance once, reusing and extending the disk cache.
 
@@ -372,6 +376,9 @@ def extract_embeddings(
         Utterances per cache shard (what a crash can lose at most).
     desc : str
         Progress-bar label.
+    progress : bool or None
+        Show the progress bars (tqdm, on stderr: reading headers, embedding):
+        always (True), never (False), or only when stderr is a terminal (None).
 
     Returns
     -------
@@ -390,7 +397,8 @@ def extract_embeddings(
         raise ValueError("utterance ids passed to extract_embeddings must be unique")
     if cache_dir is not None and cache_key is None:
         raise ValueError("extract_embeddings needs a cache_key (the model's identity) with cache_dir")
-    durations = check_audio_files(utterances, durations)
+    progress = sys.stderr.isatty() if progress is None else progress
+    durations = check_audio_files(utterances, durations, progress)
     identities = [audio_identity(path) for _, path in utterances]
     cache = None
     if cache_dir is not None:
@@ -426,7 +434,7 @@ def extract_embeddings(
         )
         pending_rows: List[int] = []
         pending: List[np.ndarray] = []
-        with tqdm(total=len(todo), desc=desc, unit="utt") as bar:
+        with tqdm(total=len(todo), desc=desc, unit="utt", disable=not progress) as bar:
             for batch in loader:
                 rows = [int(key) for key in batch.id]
                 wavs, wav_lens = batch.wav

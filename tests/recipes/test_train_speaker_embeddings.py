@@ -123,9 +123,11 @@ def ssl_state(checkpoint: Path) -> dict:
 
 def test_all_stages_end_to_end(corpus, tmp_path):
     output = tmp_path / "run"
-    run_recipe(recipe_args(corpus, output))
+    result = run_recipe([arg for arg in recipe_args(corpus, output) if arg != "--noprogressbar"])
 
     assert logged_epochs(output) == [("frozen", 1), ("joint", 1), ("lmft", 1)]
+    for stage in ("frozen", "joint", "lmft"):  # the progress bars name the stage, pass and epoch
+        assert f"{stage}: train epoch 1" in result.stderr and f"{stage}: valid epoch 1" in result.stderr
     save = output / "save"
     records = {name: json.loads((save / name / "stage_done.json").read_text()) for name in ("frozen", "joint", "lmft")}
     # Speed perturbation (stage 1 only) triples the classes of 4 training speakers, and the
