@@ -439,3 +439,43 @@ export_model("run/model", parts["ssl_config"], parts["backend"], parts["embeddin
 assert main(["export", "run", "exported"]) == 0
 assert main(["verify", "a.wav", "a.wav", "--model", "exported"]) == 0
 """
+
+
+@pytest.mark.parametrize("aggregation, network", [
+    (aggregation, network) for aggregation in ("lap", "superb") for network in ("astp", "ecapa-tdnn", "x-vector", "mhfa")
+])
+def test_every_backend_trains_in_both_stages_exports_and_loads(aggregation, network, make_encoder,
+                                                               tiny_wavlm_large, tmp_path):
+    """The eight comparison systems: a step of stage 1 (frozen SSL model) and of stage 2 (joint),
+    then the exported folder loads with EncoderClassifier and embeds as the trained encoder does.
+    (tests/test_train_recipe.py runs two of them through the whole recipe.)"""
+    torch.manual_seed(0)
+    encoder = make_encoder(tiny_wavlm_large, aggregation=aggregation, network=network, embedding_dim=None)
+    reference_sizes = {"astp": 192, "ecapa-tdnn": 192, "x-vector": 512, "mhfa": 256}
+    assert encoder.embedding_dim == reference_sizes[network]
+    classifier = SubCenterClassifier(encoder.embedding_dim, len(SPEAKERS))
+    wavs, lengths = 0.1 * torch.randn(4, 6000), torch.tensor([1.0, 1.0, 0.8, 0.6])
+    targets = torch.arange(4)
+    for frozen in (True, False):
+        encoder.set_ssl_frozen(frozen)
+        encoder.train()
+        trainable = [p for p in (*encoder.parameters(), *classifier.parameters()) if p.requires_grad]
+        before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+        optimizer = torch.optim.Adam(trainable, lr=1e-3)
+        logits = 30 * classifier(encoder(wavs, lengths)).squeeze(1)
+        F.cross_entropy(logits, targets).backward()
+        optimizer.step()
+        changed = {name for name, p in encoder.named_parameters() if not torch.equal(p, before[name])}
+        assert any(name.startswith("backend.") for name in changed)
+        assert any(name.startswith("ssl_model.") for name in changed) is not frozen
+    encoder.eval()
+    assert encoder.backend_config["aggregation"] == aggregation and encoder.backend_config["network"] == network
+    folder = export_model(tmp_path / "model", encoder.ssl_model.model.config.to_dict(), encoder.backend_config,
+                          encoder.state_dict(), classifier.state_dict(), SPEAKERS, THRESHOLD)
+    loaded = EncoderClassifier.from_hparams(source=str(folder), savedir=str(tmp_path / "loaded"))
+    assert loaded.hparams.aggregation == aggregation and loaded.hparams.network == network
+    with torch.no_grad():
+        expected = encoder(wavs, lengths)
+        embeddings = loaded.encode_batch(wavs, lengths)
+    torch.testing.assert_close(embeddings, expected, rtol=1e-4, atol=1e-5)
+    assert f"speaker network `{network}`" in (folder / "README.md").read_text()

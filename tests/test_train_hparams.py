@@ -50,7 +50,7 @@ def test_yaml_builds_the_model_of_any_size(fixture, request, tmp_path):
     assert (frozen["ssl_frozen"], joint["ssl_frozen"], lmft["ssl_frozen"]) == (True, False, False)
     assert (frozen["augment"], joint["augment"]) == (True, False)  # stage 2: the paper's reading
     assert lmft["batch_size"] * lmft["grad_accumulation_factor"] == frozen["batch_size"]
-    assert hparams["classifier"](out_neurons=5).weight.shape == (15, 8)
+    assert hparams["classifier"](input_size=encoder.embedding_dim, out_neurons=5).weight.shape == (15, 8)
     assert hparams["keep_speed_classes"] is True  # the reference keeps stage 1's speed classes
     assert hparams["model_card_datasets"] == ["voxceleb"]
 

@@ -175,7 +175,7 @@ def test_all_stages_end_to_end(corpus, tmp_path):
     loaded = LAPSpeakerRecognition.from_hparams(source=str(model), savedir=str(tmp_path / "loaded"))
     assert loaded.threshold == pytest.approx(records["lmft"]["valid_threshold"])
     assert loaded.mods.embedding_model.backend_config == {
-        "lap_channels": 16, "num_heads": 4, "embedding_dim": 8, "lap_dropout": 0.1,
+        "aggregation": "lap", "network": "astp", "lap_channels": 16, "num_heads": 4, "embedding_dim": 8, "lap_dropout": 0.1,
         "layer_pooling": "max", "frame_dropout": 0.1}
     assert loaded.mods.embedding_model.input_size == 32
     card = (model / "README.md").read_text()
