@@ -105,6 +105,12 @@ def reference_backend(state, hidden_states, frames, layer_pooling="max"):
     Returns (B, E).
     """
     y, _ = reference_lap(state, hidden_states, layer_pooling)
+    return reference_astp(state, y, frames)
+
+
+def reference_astp(state, y, frames):
+    """The reference's ASTP network (pooling and embedding layers) in eval mode on frames
+    y (B, C, T), one utterance at a time over its ``frames`` valid frames. Returns (B, E)."""
     pool = SPK + "t_pool."
     embeddings = []
     for index, count in enumerate(frames):

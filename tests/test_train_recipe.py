@@ -183,6 +183,24 @@ def test_all_stages_end_to_end(corpus, tmp_path):
     assert '"stage": "lmft"' in card  # the training summary
 
 
+@pytest.mark.parametrize("aggregation, network", [("superb", "ecapa-tdnn"), ("lap", "mhfa")])
+def test_comparison_systems_train_all_stages_export_and_load(corpus, tmp_path, aggregation, network):
+    """Two of the paper's other systems through the same recipe and yaml, chosen by its two keys
+    (the SUPERB baseline with the largest network, and two LAPs inside MHFA); all eight train,
+    export and load in tests/test_export.py."""
+    output = tmp_path / "run"
+    args = [arg for arg in recipe_args(corpus, output) if not arg.startswith("--embedding_dim=")]
+    run_recipe(args + [f"--aggregation={aggregation}", f"--network={network}"])  # the yaml's embedding_dim: null
+    assert logged_epochs(output) == [("frozen", 1), ("joint", 1), ("lmft", 1)]
+    loaded = LAPSpeakerRecognition.from_hparams(source=str(output / "model"), savedir=str(tmp_path / "loaded"))
+    config = loaded.mods.embedding_model.backend_config
+    assert (config["aggregation"], config["network"]) == (aggregation, network)
+    embedding_dim = {"ecapa-tdnn": 192, "mhfa": 256}[network]  # the reference's, as the yaml leaves it null
+    assert config["embedding_dim"] == embedding_dim
+    wav = torch.from_numpy(speaker_signal(0, 1.0, np.random.default_rng(1)))
+    assert loaded.encode_batch(wav[None]).shape == (1, 1, embedding_dim)
+
+
 def test_resume_after_sigkill_in_stage_2(corpus, tmp_path):
     output = tmp_path / "run"
     # Stage 2: 2 epochs of 8 optimiser steps, an intra-epoch checkpoint after every step;

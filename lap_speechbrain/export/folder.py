@@ -509,7 +509,7 @@ def export_reference(
     return export_model(
         out_dir,
         ssl_config=ssl_config,
-        backend_config={key: config[key] for key in ("lap_channels", "num_heads", "embedding_dim")},
+        backend_config={key: config[key] for key in BACKEND_KEYS if key in config},
         embedding_state=embedding_state,
         classifier_state=converted["classifier"],
         labels=labels,

@@ -309,6 +309,7 @@ class MHFABackend(nn.Module):
         logits = self.attention(keys)  # (B, T, heads)
         valid = frame_mask(lengths, batch, frames, keys.device).unsqueeze(2)
         logits = logits.masked_fill(~valid, float("-inf"))
-        attention = torch.softmax(logits.float(), dim=1).to(values.dtype)
+        softmax_dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits: softmax in fp32
+        attention = torch.softmax(logits.to(softmax_dtype), dim=1).to(values.dtype)
         pooled = torch.einsum("bth,btc->bhc", attention, values)
         return self.projection(pooled.reshape(batch, 1, -1))
