@@ -128,7 +128,10 @@ class ECAPATDNNNetwork(ECAPA_TDNN):
     with zeros), the Res2Net block passes its first channel group through
     (the reference its last), and the SE blocks and pooling statistics skip
     padded frames (the reference averages over the padded length). The
-    embedding has no BatchNorm after the last layer (``emb_bn=False``).
+    convolutions still see the padding at the end of a shorter utterance in a
+    padded batch, so its embedding there differs slightly from its embedding
+    alone (as with SpeechBrain's ECAPA-TDNN). The embedding has no BatchNorm
+    after the last layer (``emb_bn=False``).
 
     Arguments
     ---------
@@ -189,7 +192,9 @@ class XvectorNetwork(Xvector):
     ``W2 relu(W1 stats)``, which the classifier sees; in eval mode it is
     ``W1 stats``. SpeechBrain's convolutions pad to keep the length ("same",
     by reflection); the reference's shorten the sequence by 2 and 4 frames in
-    the dilated layers, which changes no shape.
+    the dilated layers, which changes no shape. As in ECAPA-TDNN, the
+    convolutions see the padding at the end of a shorter utterance in a
+    padded batch.
 
     Arguments
     ---------
