@@ -586,3 +586,20 @@ def test_every_backend_trains_in_both_stages_exports_and_loads(aggregation, netw
         embeddings = loaded.encode_batch(wavs, lengths)
     torch.testing.assert_close(embeddings, expected, rtol=1e-4, atol=1e-5)
     assert f"speaker network `{network}`" in (folder / "README.md").read_text()
+
+
+def test_a_folder_exported_before_the_backend_keys_still_loads_as_lap_astp(exported, trained, tmp_path):
+    """Folders exported before `aggregation` and `network` existed name neither: they are LAP + ASTP."""
+    encoder, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    text = (old / "hyperparams.yaml").read_text()
+    lines = [line for line in text.splitlines(keepends=True)
+             if not re.match(r"\s*(aggregation|network):", line)]
+    assert len(lines) == len(text.splitlines()) - 4  # the two keys and their two references
+    (old / "hyperparams.yaml").write_text("".join(lines))
+    model = EncoderClassifier.from_hparams(source=str(old), savedir=str(tmp_path / "loaded"))
+    assert model.mods.embedding_model.backend_config["network"] == "astp"
+    wavs, lens = batch(seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_batch(wavs, lens), encoder(wavs, lens), rtol=1e-4, atol=1e-5)
