@@ -553,7 +553,7 @@ def run_stage(
         keep_previous_classes=hparams["keep_speed_classes"],
     )
     embedding_model = hparams["embedding_model"]
-    classifier = hparams["classifier"](out_neurons=num_classes)
+    classifier = hparams["classifier"](input_size=embedding_model.embedding_dim, out_neurons=num_classes)
     if start is not None:
         load_selected(start["checkpoint"], embedding_model, classifier)
     embedding_model.set_ssl_frozen(stage["ssl_frozen"])

@@ -29,7 +29,14 @@ from test_inference import (
     snapshot,
     write_training_output,
 )
-from test_lobes import reference_backend, to_reference_layout
+from test_lobes import (
+    LAP,
+    SPK,
+    reference_astp,
+    reference_backend,
+    reference_lap,
+    to_reference_layout,
+)
 from transformers import WavLMConfig, WavLMModel
 
 from lap_speechbrain.export.folder import (
@@ -48,7 +55,7 @@ from lap_speechbrain.export.reference import (
     from_reference,
 )
 from lap_speechbrain.inference import LAPSpeakerRecognition
-from lap_speechbrain.lobes import LAPSpeakerBackend
+from lap_speechbrain.lobes import LAPSpeakerBackend, build_backend
 from lap_speechbrain.nnet import SubCenterClassifier
 
 # L 5 (r 2), D 32, h 4, H 16 (attention 8), E 8, 7 classes, K 3
@@ -121,10 +128,12 @@ def test_round_trip_computes_the_reference_function(source, frontend_state, tmp_
         given = state
     converted = from_reference(given)
     config = converted["config"]
-    assert config == dict(num_layers=5, input_size=32, num_heads=4, squeeze_size=2, lap_channels=16,
-                          attention_channels=8, embedding_dim=8, num_classes=7, num_subcenters=3)
+    assert config == dict(aggregation="lap", network="astp", num_layers=5, input_size=32, num_heads=4,
+                          squeeze_size=2, lap_channels=16, attention_channels=8, embedding_dim=8, num_classes=7,
+                          num_subcenters=3)
 
-    backend = LAPSpeakerBackend(**{key: config[key] for key in BACKEND_ARGUMENTS}).double()
+    backend = build_backend(**{key: config[key] for key in BACKEND_ARGUMENTS if key in config}).double()
+    assert type(backend) is LAPSpeakerBackend
     backend.load_state_dict(converted["backend"], strict=True)
     backend.eval()
     # Same tensors back in the reference layout ...
@@ -160,6 +169,103 @@ def test_round_trip_computes_the_reference_function(source, frontend_state, tmp_
     torch.testing.assert_close(classifier(embeddings).squeeze(1), expected.float())
 
 
+def comparison_state(frontend, aggregation, network, seed=1, L=5, D=32):
+    """A reference ``model.state`` of superb + astp, or lap/superb + mhfa (64 heads, compression 128)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = reference_state(frontend, seed=seed, L=L, D=D, H=D if aggregation == "superb" else 16)
+    lap = {key[len(LAP):]: value for key, value in state.items() if key.startswith(LAP)}
+    state = {key: value for key, value in state.items() if not key.startswith(LAP)}
+    if network == "astp":
+        state[LAP + "layer_weights"] = torch.randn(L, generator=generator, dtype=torch.float64)
+        return state
+    state = {key: value for key, value in state.items() if not key.startswith(SPK)}
+    for prefix in ("l_pool_k.", "l_pool_v."):
+        if aggregation == "superb":
+            state[SPK + prefix + "layer_weights"] = torch.randn(L, generator=generator, dtype=torch.float64)
+        else:  # the value LAP gets other weights than the key LAP
+            scale = 1.0 if prefix == "l_pool_k." else 0.5
+            state.update({SPK + prefix + key: value * scale if key.endswith("weight") and value.dim() > 1 else value
+                          for key, value in lap.items()})
+    channels = D if aggregation == "superb" else 16
+    for name, shape in (("cmp_linear_k", (128, channels)), ("cmp_linear_v", (128, channels)),
+                        ("att_head", (64, 128)), ("pooling_fc", (8, 64 * 128))):
+        state[f"{SPK}{name}.weight"] = torch.randn(*shape, generator=generator, dtype=torch.float64) / shape[1] ** 0.5
+        state[f"{SPK}{name}.bias"] = 0.1 * torch.randn(shape[0], generator=generator, dtype=torch.float64)
+    state["aam_softmax.weight"] = torch.randn(3, 8, 7, generator=generator, dtype=torch.float64)
+    return state
+
+
+def reference_aggregation(state, prefix, hidden_states):
+    """The reference's LAP or SUPERB under ``prefix``: (L, B, T, D) -> (B, C, T)."""
+    if prefix + "layer_weights" in state:
+        weights = torch.softmax(state[prefix + "layer_weights"], dim=0)
+        return torch.einsum("l,lbtd->bdt", weights, hidden_states)
+    renamed = {LAP + key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return reference_lap(renamed, hidden_states)[0]
+
+
+def reference_mhfa(state, hidden_states, frames):
+    """The reference's MHFA in eval mode, one utterance at a time over its valid frames. (B, E)."""
+    keys = reference_aggregation(state, SPK + "l_pool_k.", hidden_states).transpose(1, 2)
+    values = reference_aggregation(state, SPK + "l_pool_v.", hidden_states).transpose(1, 2)
+
+    def linear(name, x):
+        return x @ state[f"{SPK}{name}.weight"].T + state[f"{SPK}{name}.bias"]
+
+    embeddings = []
+    for index, count in enumerate(frames):
+        k = linear("cmp_linear_k", keys[index, :count])  # (T, c)
+        v = linear("cmp_linear_v", values[index, :count])
+        attention = torch.softmax(linear("att_head", k), dim=0)  # (T, heads), over time
+        pooled = attention.T @ v  # (heads, c)
+        embeddings.append(linear("pooling_fc", pooled.reshape(-1)))
+    return torch.stack(embeddings)
+
+
+@pytest.mark.parametrize("aggregation, network", [("superb", "astp"), ("superb", "mhfa"), ("lap", "mhfa")])
+def test_comparison_checkpoints_import_and_compute_the_reference_function(frontend_state, aggregation, network):
+    state = comparison_state(frontend_state, aggregation, network)
+    converted = from_reference({"module." + key: value for key, value in state.items()})
+    config = converted["config"]
+    assert (config["aggregation"], config["network"], config["num_layers"], config["input_size"]) == (
+        aggregation, network, 5, 32)
+    backend = build_backend(**{key: config[key] for key in BACKEND_ARGUMENTS if key in config}).double()
+    backend.load_state_dict(converted["backend"], strict=True)
+    backend.eval()
+    generator = torch.Generator().manual_seed(5)
+    hidden_states = torch.randn(5, 3, 24, 32, generator=generator, dtype=torch.float64)
+    frames = [24, 17, 8]
+    with torch.no_grad():
+        ours = backend(hidden_states, torch.tensor(frames, dtype=torch.float64) / 24).squeeze(1)
+    if network == "astp":
+        expected = reference_astp(state, reference_aggregation(state, LAP, hidden_states), frames)
+    else:
+        expected = reference_mhfa(state, hidden_states, frames)
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
+    SubCenterClassifier(8, 7, 3).load_state_dict(converted["classifier"], strict=True)
+
+
+@pytest.mark.parametrize("network, marker", [("ecapa-tdnn", "layer1.conv.weight"), ("x-vector", "layers.0.weight")])
+def test_tdnn_checkpoints_are_refused_naming_the_combination(frontend_state, network, marker):
+    state = {key: value for key, value in reference_state(frontend_state).items() if not key.startswith(SPK)}
+    state[SPK + marker] = torch.zeros(4, 16, 5)
+    with pytest.raises(ReferenceCheckpointError, match=f"reference checkpoint of lap \\+ {network}, which cannot"):
+        from_reference(state)
+
+
+def test_imported_superb_mhfa_exports_and_loads(tiny_wavlm_large, tmp_path):
+    frontend = WavLMModel.from_pretrained(tiny_wavlm_large)
+    layers = frontend.config.num_hidden_layers + 1
+    state = comparison_state(frontend.state_dict(), "superb", "mhfa", L=layers)
+    torch.save({key: value.float() if value.is_floating_point() else value for key, value in state.items()},
+               tmp_path / "model.state")
+    folder = export_reference(tmp_path / "model.state", tiny_wavlm_large, tmp_path / "imported")
+    model = LAPSpeakerRecognition.from_hparams(source=str(folder))
+    assert (model.hparams.aggregation, model.hparams.network, model.hparams.embedding_dim) == ("superb", "mhfa", 8)
+    wavs, lens = batch(seed=3)
+    assert model.encode_batch(wavs, lens).shape == (len(wavs), 1, 8)
+
+
 def test_legacy_weight_norm_names_are_renamed(frontend_state):
     state = reference_state(frontend_state)
     for new, old in (("parametrizations.weight.original0", "weight_g"),
@@ -176,7 +282,7 @@ def test_single_head_checkpoint_has_no_input_projection(frontend_state):
     del state["backend.layer_aggregation.in_weight.bias"]
     converted = from_reference(state)
     config = converted["config"]
-    backend = LAPSpeakerBackend(**{key: config[key] for key in BACKEND_ARGUMENTS})
+    backend = build_backend(**{key: config[key] for key in BACKEND_ARGUMENTS if key in config})
     backend.load_state_dict(converted["backend"], strict=True)
 
 
@@ -502,3 +608,60 @@ def test_exported_folder_loads_without_the_package(exported, tmp_path):
     assert torch.allclose(theirs["score"], score, atol=1e-6) and bool(theirs["decision"]) == bool(decision)
     assert theirs["threshold"] == 0.123  # the generated yaml follows the copy's hyperparams.yaml
     assert not re.search(r"!\w+:lap_speechbrain", (copy / HPARAMS_FILE).read_text())
+
+
+@pytest.mark.parametrize("aggregation, network", [
+    (aggregation, network) for aggregation in ("lap", "superb") for network in ("astp", "ecapa-tdnn", "x-vector", "mhfa")
+])
+def test_every_backend_trains_in_both_stages_exports_and_loads(aggregation, network, make_encoder,
+                                                               tiny_wavlm_large, tmp_path):
+    """The eight comparison systems: a step of stage 1 (frozen SSL model) and of stage 2 (joint),
+    then the exported folder loads with EncoderClassifier and embeds as the trained encoder does.
+    (tests/recipes/test_train_speaker_embeddings.py runs two of them through the whole recipe.)"""
+    torch.manual_seed(0)
+    encoder = make_encoder(tiny_wavlm_large, aggregation=aggregation, network=network, embedding_dim=None)
+    reference_sizes = {"astp": 192, "ecapa-tdnn": 192, "x-vector": 512, "mhfa": 256}
+    assert encoder.embedding_dim == reference_sizes[network]
+    classifier = SubCenterClassifier(encoder.embedding_dim, len(SPEAKERS))
+    wavs, lengths = 0.1 * torch.randn(4, 6000), torch.tensor([1.0, 1.0, 0.8, 0.6])
+    targets = torch.arange(4)
+    for frozen in (True, False):
+        encoder.set_ssl_frozen(frozen)
+        encoder.train()
+        trainable = [p for p in (*encoder.parameters(), *classifier.parameters()) if p.requires_grad]
+        before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+        optimizer = torch.optim.Adam(trainable, lr=1e-3)
+        logits = 30 * classifier(encoder(wavs, lengths)).squeeze(1)
+        F.cross_entropy(logits, targets).backward()
+        optimizer.step()
+        changed = {name for name, p in encoder.named_parameters() if not torch.equal(p, before[name])}
+        assert any(name.startswith("backend.") for name in changed)
+        assert any(name.startswith("ssl_model.") for name in changed) is not frozen
+    encoder.eval()
+    assert encoder.backend_config["aggregation"] == aggregation and encoder.backend_config["network"] == network
+    folder = export_model(tmp_path / "model", encoder.ssl_model.model.config.to_dict(), encoder.backend_config,
+                          encoder.state_dict(), classifier.state_dict(), SPEAKERS, THRESHOLD)
+    loaded = EncoderClassifier.from_hparams(source=str(folder), savedir=str(tmp_path / "loaded"))
+    assert loaded.hparams.aggregation == aggregation and loaded.hparams.network == network
+    with torch.no_grad():
+        expected = encoder(wavs, lengths)
+        embeddings = loaded.encode_batch(wavs, lengths)
+    torch.testing.assert_close(embeddings, expected, rtol=1e-4, atol=1e-5)
+    assert f"speaker network `{network}`" in (folder / "README.md").read_text()
+
+
+def test_a_folder_exported_before_the_backend_keys_still_loads_as_lap_astp(exported, trained, tmp_path):
+    """Folders exported before `aggregation` and `network` existed name neither: they are LAP + ASTP."""
+    encoder, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    text = (old / "hyperparams.yaml").read_text()
+    lines = [line for line in text.splitlines(keepends=True)
+             if not re.match(r"\s*(aggregation|network):", line)]
+    assert len(lines) == len(text.splitlines()) - 4  # the two keys and their two references
+    (old / "hyperparams.yaml").write_text("".join(lines))
+    model = EncoderClassifier.from_hparams(source=str(old), savedir=str(tmp_path / "loaded"))
+    assert model.mods.embedding_model.backend_config["network"] == "astp"
+    wavs, lens = batch(seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_batch(wavs, lens), encoder(wavs, lens), rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Tests of LAP, the LAP + ASTP backend and the weighted layer sum.
+"""Tests of LAP, the backends of build_backend (LAP + ASTP and the comparison systems) and the weighted layer sum.
 
 This module also holds an independent implementation of LAP + ASTP written
 plainly from docs/lap_spec.md sections 2 and 3 (einsum and a loop over utterances),
@@ -97,6 +97,12 @@ def reference_backend(state, hidden_states, frames, layer_pooling="max"):
     Returns (B, E).
     """
     y, _ = reference_lap(state, hidden_states, layer_pooling)
+    return reference_astp(state, y, frames)
+
+
+def reference_astp(state, y, frames):
+    """The reference's ASTP network (pooling and embedding layers) in eval mode on frames
+    y (B, C, T), one utterance at a time over its ``frames`` valid frames. Returns (B, E)."""
     pool = SPK + "t_pool."
     embeddings = []
     for index, count in enumerate(frames):
@@ -549,3 +555,106 @@ def test_backend_trains_and_frame_dropout_is_random():
     assert not torch.allclose(first, second)
     first.square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in backend.parameters())
+
+
+# The reference's back-end parameter counts (SSL model excluded) for WavLM Base+ (L 13, D 768)
+# and WavLM Large (L 25, D 1024): issue 11 and the README table.
+REFERENCE_PARAMETERS = {
+    ("superb", "astp"): (1_480_141, 2_497_625),
+    ("superb", "x-vector"): (6_378_913, 7_034_285),
+    ("superb", "ecapa-tdnn"): (7_952_013, 8_607_385),
+    ("superb", "mhfa"): (2_302_554, 2_368_114),
+    ("lap", "astp"): (1_714_480, 2_312_464),
+    ("lap", "x-vector"): (6_713_220, 7_311_204),
+    ("lap", "ecapa-tdnn"): (8_286_320, 8_884_304),
+    ("lap", "mhfa"): (4_216_352, 5_412_320),
+}
+
+
+def test_every_backend_has_the_reference_parameter_count_at_both_sizes():
+    from lap_speechbrain.lobes import build_backend
+
+    counts = {}
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        for aggregation, network in REFERENCE_PARAMETERS:
+            counts[aggregation, network] = tuple(
+                sum(p.numel() for p in build_backend(aggregation, network, layers, width).parameters())
+                for layers, width in ((13, 768), (25, 1024))
+            )
+    assert counts == REFERENCE_PARAMETERS
+
+
+@pytest.mark.parametrize("aggregation, network", list(REFERENCE_PARAMETERS))
+def test_every_backend_embeds_padded_batches_and_trains(aggregation, network):
+    from lap_speechbrain.lobes import build_backend
+
+    torch.manual_seed(0)
+    backend = build_backend(aggregation, network, 5, 32, lap_channels=16, num_heads=4, embedding_dim=8)
+    hidden_states = torch.randn(5, 3, 30, 32)
+    lengths = torch.tensor([1.0, 0.7, 0.4])
+    backend.train()
+    embeddings = backend(hidden_states, lengths)
+    assert embeddings.shape == (3, 1, 8)
+    embeddings.square().sum().backward()
+    assert all(p.grad is not None for p in backend.parameters() if p.requires_grad)
+    backend.eval()
+    with torch.no_grad():
+        assert backend(hidden_states, lengths).shape == (3, 1, 8)
+
+
+def test_build_backend_names_the_wrong_choice():
+    from lap_speechbrain.lobes import build_backend
+
+    with pytest.raises(ValueError, match=r"aggregation='weighted'; expected one of \('lap', 'superb'\)"):
+        build_backend("weighted", "astp", 5, 32)
+    with pytest.raises(ValueError, match=r"network='resnet'; expected one of \('astp', 'ecapa-tdnn'"):
+        build_backend("lap", "resnet", 5, 32)
+
+
+def test_lap_astp_from_build_backend_is_the_lap_speaker_backend():
+    """Same class, keys and seeded weights as LAPSpeakerBackend, so earlier checkpoints load."""
+    from lap_speechbrain.lobes import build_backend
+
+    torch.manual_seed(3)
+    built = build_backend("lap", "astp", **SMALL)
+    torch.manual_seed(3)
+    direct = LAPSpeakerBackend(**SMALL)
+    assert type(built) is LAPSpeakerBackend
+    assert list(built.state_dict()) == list(direct.state_dict())
+    assert all(torch.equal(built.state_dict()[k], direct.state_dict()[k]) for k in direct.state_dict())
+    assert next(iter(direct.state_dict())).startswith("lap.")
+
+
+@pytest.mark.parametrize("network", ["astp", "mhfa"])
+def test_superb_backends_ignore_padded_frames(network):
+    """With the frame-wise weighted sum, an utterance embeds the same alone and in a padded batch."""
+    from lap_speechbrain.lobes import build_backend
+
+    torch.manual_seed(0)
+    backend = build_backend("superb", network, 5, 32, embedding_dim=8).eval()
+    with torch.no_grad():
+        for parameter in backend.parameters():  # non-trivial layer weights and norms
+            parameter.add_(0.1 * torch.randn_like(parameter))
+        states = torch.randn(5, 2, 30, 32) * 7.0  # garbage in the padding
+        utterance = torch.randn(5, 1, 20, 32)
+        states[:, :1, :20] = utterance
+        alone = backend(utterance)
+        batched = backend(states, torch.tensor([20 / 30, 1.0]))
+    torch.testing.assert_close(batched[:1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_xvector_trains_through_the_reference_second_layer_and_embeds_with_the_first():
+    from lap_speechbrain.lobes import XvectorNetwork
+
+    torch.manual_seed(0)
+    network = XvectorNetwork(16, embedding_dim=8, hidden_channels=12, statistics_channels=20)
+    frames = torch.randn(2, 25, 16)
+    network.eval()
+    embedding = network(frames)
+    network.train()
+    for module in network.modules():  # BatchNorms keep their running statistics for the comparison
+        if isinstance(module, nn.BatchNorm1d):
+            module.eval()
+    trained = network(frames)
+    expected = network.training_projection(torch.relu(embedding))
+    torch.testing.assert_close(trained, expected)

@@ -17,6 +17,17 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from lap_speechbrain.export.standalone import HPARAMS_FILE, MODULE_FILE, foreign_class_call
 
 PAPER = "https://arxiv.org/abs/2512.22148"
+# How the card names each layer aggregation (title, sentence) and speaker network.
+AGGREGATION_TEXT = {
+    "lap": ("Layer Attentive Pooling", "Layer Attentive Pooling (LAP)"),
+    "superb": ("a weighted layer sum", "a softmax-weighted layer sum (SUPERB)"),
+}
+NETWORK_TEXT = {
+    "astp": "summarised over time by attentive statistics pooling",
+    "ecapa-tdnn": "processed by an ECAPA-TDNN",
+    "x-vector": "processed by an x-vector TDNN",
+    "mhfa": "pooled by multi-head factorised attentive pooling (MHFA)",
+}
 SSL_NAMES = {"wavlm": "WavLM", "hubert": "HuBERT", "wav2vec2": "wav2vec 2.0"}
 TAGS = ["speechbrain", "speaker-verification", "speaker-recognition", "embeddings", "wavlm",
         "layer-attentive-pooling", "pytorch", "audio"]
@@ -77,13 +88,15 @@ def model_card(
         model_name=name if results else None,
         eval_results=eval_results(results, datasets[0] if datasets else "custom") if results else None,
     )
+    aggregation, network = values.get("aggregation", "lap"), values.get("network", "astp")
+    layers = AGGREGATION_TEXT[aggregation]
     lines = [
-        f"# {name}: speaker embeddings with Layer Attentive Pooling over {ssl_name}",
+        f"# {name}: speaker embeddings with {layers[0]} over {ssl_name}",
         "",
         "Speaker verification and identification model: all hidden states of a "
         f"{ssl_name} model (L={ssl.get('num_hidden_layers', 0) + 1}, "
-        f"D={ssl.get('hidden_size')}) are fused frame by frame by Layer Attentive Pooling (LAP), "
-        "summarised over time by attentive statistics pooling and projected to a "
+        f"D={ssl.get('hidden_size')}) are fused frame by frame by {layers[1]}, "
+        f"{NETWORK_TEXT[network]} and projected to a "
         f"{values['embedding_dim']}-dimensional speaker embedding ([paper]({PAPER})). "
         f"Weights {origin}.",
         "",
@@ -93,7 +106,12 @@ def model_card(
         "|---|---|",
         f"| SSL front end | {ssl_name}, {ssl.get('num_hidden_layers')} layers, width {ssl.get('hidden_size')}, "
         f"{'Large-type (stable layer norm)' if ssl.get('do_stable_layer_norm') else 'Base-type (group norm)'} |",
-        f"| LAP | {values['num_heads']} heads, {values['lap_channels']} channels, {values['layer_pooling']} over layers |",
+        f"| backend | layer aggregation `{aggregation}`, speaker network `{network}` |",
+    ]
+    if aggregation == "lap":
+        lines.append(f"| LAP | {values['num_heads']} heads, {values['lap_channels']} channels, "
+                     f"{values['layer_pooling']} over layers |")
+    lines += [
         f"| embedding | {values['embedding_dim']} dims |",
         f"| classifier | {values['num_classes']} classes x {values['num_subcenters']} sub-centres |",
         f"| verification threshold | {values['verification_threshold']:.4f} ({threshold_note}); "

@@ -1,20 +1,25 @@
 """Import of checkpoints trained with the authors' reference LAP implementation.
 
 The reference saves one flat state dict (``model.state``, docs/lap_spec.md section
-7): the Hugging Face ``WavLMModel`` under ``frontend.``, LAP under
-``backend.layer_aggregation.``, the pooling and embedding layers under
-``backend.speaker_network.`` and the sub-centre AAM weight as
-``aam_softmax.weight``. :func:`from_reference` renames and reshapes these
-tensors for :class:`~lap_speechbrain.lobes.LAPSpeakerBackend`, the HF model and
+7): the Hugging Face ``WavLMModel`` under ``frontend.``, the layer aggregation
+(LAP or SUPERB) under ``backend.layer_aggregation.``, the speaker network under
+``backend.speaker_network.`` (MHFA holds its two aggregations there) and the
+sub-centre AAM weight as ``aam_softmax.weight``. :func:`from_reference` reads
+the combination from the keys, renames and reshapes the tensors for the backend
+of :func:`~lap_speechbrain.lobes.build_backend`, the HF model and
 :class:`~lap_speechbrain.nnet.SubCenterClassifier`, inferring every size from
-the tensor shapes.
+the tensor shapes. It imports ``lap`` or ``superb`` with ``astp`` or ``mhfa``;
+``ecapa-tdnn`` and ``x-vector`` checkpoints are refused, because SpeechBrain's
+TDNN layers that those networks reuse pad differently and order the Res2Net
+groups differently, so the imported model would not compute the reference's
+function (:mod:`lap_speechbrain.lobes.networks`).
 
 Authors
  * lap-speechbrain contributors 2026
 """
 
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
 import torch
 
@@ -24,19 +29,19 @@ LAP_PREFIX = "backend.layer_aggregation."
 POOLING_PREFIX = "backend.speaker_network."
 CLASSIFIER_KEY = "aam_softmax.weight"
 
-# Keys whose shapes define every size; checked first so that a missing one is
-# reported as missing rather than as a failed shape inference.
-SIZE_KEYS = (
-    LAP_PREFIX + "sq_weight",
-    LAP_PREFIX + "in_norm.weight",
-    LAP_PREFIX + "out_weight.weight",
-    POOLING_PREFIX + "t_pool.attention.0.weight",
-    POOLING_PREFIX + "emb_weight.weight",
-    CLASSIFIER_KEY,
-)
+MHFA_KEY_PREFIX = POOLING_PREFIX + "l_pool_k."
+MHFA_VALUE_PREFIX = POOLING_PREFIX + "l_pool_v."
 
-# Constructor arguments of LAPSpeakerBackend that the config provides.
-BACKEND_ARGUMENTS = ("num_layers", "input_size", "lap_channels", "num_heads", "embedding_dim")
+# The key prefix that marks each speaker network of the reference.
+NETWORK_MARKERS = {"astp": "t_pool.", "mhfa": "l_pool_k.", "ecapa-tdnn": "layer1.", "x-vector": "layers."}
+IMPORTABLE_NETWORKS = ("astp", "mhfa")
+# build_backend's fixed MHFA sizes (the reference's).
+MHFA_HEADS, MHFA_COMPRESSION = 64, 128
+
+# Arguments of lap_speechbrain.lobes.build_backend that the config provides
+# (the LAP sizes only where LAP is used).
+BACKEND_ARGUMENTS = ("aggregation", "network", "num_layers", "input_size", "lap_channels", "num_heads",
+                     "embedding_dim")
 
 # Legacy torch weight-norm names (older transformers) -> the parametrization
 # names that current transformers' WavLM positional convolution uses.
@@ -65,29 +70,31 @@ def from_reference(state_dict_or_path: Union[str, Path, Mapping[str, torch.Tenso
     Returns
     -------
     dict
-        ``"backend"``: state dict for ``LAPSpeakerBackend(**{k: config[k] for k
-        in BACKEND_ARGUMENTS})`` (loads with ``strict=True``);
+        ``"backend"``: state dict for ``build_backend(**{k: config[k] for k
+        in BACKEND_ARGUMENTS if k in config})`` (loads with ``strict=True``);
         ``"frontend"``: the HF ``WavLMModel`` state dict;
         ``"classifier"``: state dict for ``SubCenterClassifier(embedding_dim,
         num_classes, num_subcenters)``;
-        ``"config"``: the inferred sizes ``num_layers`` (L), ``input_size`` (D),
-        ``num_heads`` (h), ``squeeze_size`` (r), ``lap_channels`` (H, also the
-        pooling's channels), ``attention_channels``, ``embedding_dim``,
-        ``num_classes`` and ``num_subcenters`` (K).
+        ``"config"``: ``aggregation`` and ``network``, and the inferred sizes
+        ``num_layers`` (L), ``input_size`` (D), ``embedding_dim``,
+        ``num_classes`` and ``num_subcenters`` (K); with LAP also
+        ``num_heads`` (h), ``squeeze_size`` (r) and ``lap_channels`` (H);
+        with ASTP ``attention_channels``; with MHFA ``mhfa_heads`` and
+        ``compression_dim``.
 
     Raises
     ------
     ReferenceCheckpointError
-        Listing the missing and unknown keys, the tensors whose shapes do not
-        fit the inferred sizes, or sizes that ``LAPSpeakerBackend`` cannot
-        represent.
+        Naming a combination that cannot be imported, or listing the missing
+        and unknown keys, the tensors whose shapes do not fit the inferred
+        sizes, or sizes that ``build_backend`` cannot represent.
 
     Example
     -------
-    >>> from lap_speechbrain.lobes import LAPSpeakerBackend
+    >>> from lap_speechbrain.lobes import build_backend
     >>> converted = from_reference("exp/lap_wavlm_large/model.state")  # doctest: +SKIP
     >>> config = converted["config"]  # doctest: +SKIP
-    >>> backend = LAPSpeakerBackend(**{k: config[k] for k in BACKEND_ARGUMENTS})  # doctest: +SKIP
+    >>> backend = build_backend(**{k: config[k] for k in BACKEND_ARGUMENTS if k in config})  # doctest: +SKIP
     >>> backend.load_state_dict(converted["backend"])  # doctest: +SKIP
     """
     state = _load(state_dict_or_path)
@@ -99,14 +106,15 @@ def from_reference(state_dict_or_path: Union[str, Path, Mapping[str, torch.Tenso
     }
     rest = {key: value for key, value in state.items() if not key.startswith(FRONTEND_PREFIX)}
 
-    missing = [key for key in SIZE_KEYS if key not in rest]
+    aggregation, network = _combination(rest)
+    missing = [key for key in _size_keys(aggregation, network) if key not in rest]
     if missing or not frontend:
         if not frontend:
             missing.append(FRONTEND_PREFIX + "*")
         raise ReferenceCheckpointError(
-            f"not a reference LAP checkpoint; missing keys: {missing}"
+            f"not a reference checkpoint of {aggregation} + {network}; missing keys: {missing}"
         )
-    config = _infer_config(rest)
+    config = _infer_config(rest, aggregation, network)
     rules = _rules(config)
 
     missing = sorted(set(rules) - set(rest))
@@ -161,41 +169,100 @@ def _strip_prefix(key: str) -> str:
     return key[len(DDP_PREFIX):] if key.startswith(DDP_PREFIX) else key
 
 
-def _infer_config(state: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+def _combination(state: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
+    """(aggregation, network) of a reference checkpoint, read from its keys.
+
+    A checkpoint without the marking keys is taken for LAP + ASTP, so that
+    the keys it lacks are listed. ECAPA-TDNN and x-vector are refused here.
+    """
+    network = next(
+        (name for name, marker in NETWORK_MARKERS.items()
+         if any(key.startswith(POOLING_PREFIX + marker) for key in state)),
+        "astp",
+    )
+    prefix = MHFA_KEY_PREFIX if network == "mhfa" else LAP_PREFIX
+    aggregation = "superb" if prefix + "layer_weights" in state else "lap"
+    if network not in IMPORTABLE_NETWORKS:
+        raise ReferenceCheckpointError(
+            f"this is a reference checkpoint of {aggregation} + {network}, which cannot be imported: "
+            f"only {IMPORTABLE_NETWORKS} networks can be (the {network} of lap_speechbrain.lobes reuses "
+            "SpeechBrain's TDNN layers, which pad and group channels differently from the reference's, "
+            "so the imported weights would not compute the reference's function); train it with the "
+            f"recipe instead (--aggregation={aggregation} --network={network})"
+        )
+    return aggregation, network
+
+
+def _aggregation_prefixes(aggregation: str, network: str) -> Dict[str, str]:
+    """Reference prefix of each layer aggregation -> our module's name in the backend."""
+    if network == "mhfa":
+        return {MHFA_KEY_PREFIX: "key_aggregation", MHFA_VALUE_PREFIX: "value_aggregation"}
+    return {LAP_PREFIX: "lap" if aggregation == "lap" else "layer_sum"}
+
+
+def _size_keys(aggregation: str, network: str) -> List[str]:
+    """Keys whose shapes define every size; checked first so that a missing one
+    is reported as missing rather than as a failed shape inference."""
+    prefix = MHFA_KEY_PREFIX if network == "mhfa" else LAP_PREFIX
+    if aggregation == "lap":
+        keys = [prefix + "sq_weight", prefix + "in_norm.weight", prefix + "out_weight.weight"]
+    else:
+        keys = [prefix + "layer_weights"]
+    if network == "astp":
+        keys += [POOLING_PREFIX + "t_pool.attention.0.weight", POOLING_PREFIX + "emb_weight.weight"]
+    else:
+        keys += [POOLING_PREFIX + name + ".weight" for name in ("cmp_linear_k", "att_head", "pooling_fc")]
+    return keys + [CLASSIFIER_KEY]
+
+
+def _infer_config(state: Mapping[str, torch.Tensor], aggregation: str, network: str) -> Dict[str, Any]:
     """Reads the sizes from the shapes of the size-defining tensors."""
-    shapes = {key: tuple(state[key].shape) for key in SIZE_KEYS}
+    shapes = {key: tuple(state[key].shape) for key in _size_keys(aggregation, network)}
+    prefix = MHFA_KEY_PREFIX if network == "mhfa" else LAP_PREFIX
+    config: Dict[str, Any] = {"aggregation": aggregation, "network": network}
     try:
-        heads, layers, squeeze = shapes[LAP_PREFIX + "sq_weight"]
-        (width,) = shapes[LAP_PREFIX + "in_norm.weight"]
-        channels = shapes[LAP_PREFIX + "out_weight.weight"][0]
-        attention = shapes[POOLING_PREFIX + "t_pool.attention.0.weight"][0]
-        embedding = shapes[POOLING_PREFIX + "emb_weight.weight"][0]
+        if aggregation == "lap":
+            heads, layers, squeeze = shapes[prefix + "sq_weight"]
+            (width,) = shapes[prefix + "in_norm.weight"]
+            channels = shapes[prefix + "out_weight.weight"][0]
+        else:
+            (layers,) = shapes[prefix + "layer_weights"]
+        if network == "astp":
+            attention, frame_channels = shapes[POOLING_PREFIX + "t_pool.attention.0.weight"][:2]
+            frame_channels //= 3
+            embedding = shapes[POOLING_PREFIX + "emb_weight.weight"][0]
+        else:
+            compression, frame_channels = shapes[POOLING_PREFIX + "cmp_linear_k.weight"]
+            mhfa_heads = shapes[POOLING_PREFIX + "att_head.weight"][0]
+            embedding = shapes[POOLING_PREFIX + "pooling_fc.weight"][0]
         subcenters, _, classes = shapes[CLASSIFIER_KEY]
     except (ValueError, IndexError) as error:
         raise ReferenceCheckpointError(
             f"cannot infer the sizes from the shapes {shapes}: {error}"
         ) from error
-    config = {
-        "num_layers": layers,
-        "input_size": width,
-        "num_heads": heads,
-        "squeeze_size": squeeze,
-        "lap_channels": channels,
-        "attention_channels": attention,
-        "embedding_dim": embedding,
-        "num_classes": classes,
-        "num_subcenters": subcenters,
-    }
-    # LAPSpeakerBackend derives these two sizes; other values cannot be loaded.
+    if aggregation == "superb":  # the network reads the SSL width itself
+        width = channels = frame_channels
+    config.update(num_layers=layers, input_size=width)
     unsupported = []
-    if squeeze != layers // 2:
-        unsupported.append(f"squeeze width r={squeeze} (LAP uses floor(L/2)={layers // 2})")
-    if attention != channels // 2:
-        unsupported.append(
-            f"attention channels {attention} (the backend uses lap_channels/2={channels // 2})"
-        )
-    if width % heads:
-        unsupported.append(f"D={width} not divisible by h={heads}")
+    if aggregation == "lap":
+        config.update(num_heads=heads, squeeze_size=squeeze, lap_channels=channels)
+        # LAP derives the squeeze width; other values cannot be loaded.
+        if squeeze != layers // 2:
+            unsupported.append(f"squeeze width r={squeeze} (LAP uses floor(L/2)={layers // 2})")
+        if width % heads:
+            unsupported.append(f"D={width} not divisible by h={heads}")
+    if network == "astp":
+        config["attention_channels"] = attention
+        if attention != channels // 2:
+            unsupported.append(f"attention channels {attention} (the backend uses C/2={channels // 2})")
+    else:
+        config.update(mhfa_heads=mhfa_heads, compression_dim=compression)
+        if (mhfa_heads, compression) != (MHFA_HEADS, MHFA_COMPRESSION):
+            unsupported.append(
+                f"MHFA with {mhfa_heads} heads and compression {compression} "
+                f"(build_backend has the reference's {MHFA_HEADS} and {MHFA_COMPRESSION})"
+            )
+    config.update(embedding_dim=embedding, num_classes=classes, num_subcenters=subcenters)
     if unsupported:
         raise ReferenceCheckpointError(
             f"reference checkpoint with sizes {config} cannot be represented: {unsupported}"
@@ -229,24 +296,64 @@ def _subcentres_to_rows(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.permute(2, 0, 1).reshape(classes * subcenters, embedding)
 
 
-def _rules(config: Dict[str, int]) -> Dict[str, Rule]:
+def _rules(config: Dict[str, Any]) -> Dict[str, Rule]:
     """Reference key -> ("backend:" or "classifier:" + our key, shape, transform)."""
+    aggregation, network = config["aggregation"], config["network"]
+    rules: Dict[str, Rule] = {}
+    for source, target in _aggregation_prefixes(aggregation, network).items():
+        if aggregation == "lap":
+            rules.update(_lap_rules(source, f"backend:{target}.", config))
+        else:
+            rules[source + "layer_weights"] = (f"backend:{target}.layer_weights", (config["num_layers"],), _same)
+    embedding = config["embedding_dim"]
+    if network == "astp":
+        rules.update(_astp_rules(config))
+    else:
+        channels, compression = config["input_size"], config["compression_dim"]
+        if aggregation == "lap":
+            channels = config["lap_channels"]
+        shapes = {
+            "cmp_linear_k": ("key_compression", (compression, channels)),
+            "cmp_linear_v": ("value_compression", (compression, channels)),
+            "att_head": ("attention", (config["mhfa_heads"], compression)),
+            "pooling_fc": ("projection", (embedding, config["mhfa_heads"] * compression)),
+        }
+        for source, (target, shape) in shapes.items():
+            rules[f"{POOLING_PREFIX}{source}.weight"] = (f"backend:{target}.weight", shape, _same)
+            rules[f"{POOLING_PREFIX}{source}.bias"] = (f"backend:{target}.bias", shape[:1], _same)
+    rules[CLASSIFIER_KEY] = (
+        "classifier:weight",
+        (config["num_subcenters"], embedding, config["num_classes"]),
+        _subcentres_to_rows,
+    )
+    return rules
+
+
+def _lap_rules(lap: str, target: str, config: Dict[str, Any]) -> Dict[str, Rule]:
+    """Rules of one reference LAP under prefix ``lap`` to our LAP under ``target``."""
     width, channels = config["input_size"], config["lap_channels"]
     heads, layers, squeeze = config["num_heads"], config["num_layers"], config["squeeze_size"]
-    attention, embedding = config["attention_channels"], config["embedding_dim"]
-    lap, pool = LAP_PREFIX, POOLING_PREFIX + "t_pool."
     rules: Dict[str, Rule] = {}
-    rules.update(_batch_norm(lap + "in_norm", "backend:lap.input_norm", width))
+    rules.update(_batch_norm(lap + "in_norm", target + "input_norm", width))
     if heads > 1:  # with one head LAP has no input projection
-        rules[lap + "in_weight.weight"] = ("backend:lap.input_projection.weight", (width, width, 1, 1), _drop_kernel)
-        rules[lap + "in_weight.bias"] = ("backend:lap.input_projection.bias", (width,), _same)
-    rules[lap + "sq_weight"] = ("backend:lap.squeeze_weight", (heads, layers, squeeze), _same)
-    rules[lap + "sq_bias"] = ("backend:lap.squeeze_bias", (heads, 1, squeeze), _same)
-    rules[lap + "ex_weight"] = ("backend:lap.excite_weight", (heads, squeeze, layers), _same)
-    rules[lap + "ex_bias"] = ("backend:lap.excite_bias", (heads, 1, layers), _same)
-    rules[lap + "out_weight.weight"] = ("backend:lap.output_projection.weight", (channels, width, 1), _drop_kernel)
-    rules[lap + "out_weight.bias"] = ("backend:lap.output_projection.bias", (channels,), _same)
-    rules.update(_batch_norm(lap + "out_norm", "backend:lap.output_norm", channels))
+        rules[lap + "in_weight.weight"] = (target + "input_projection.weight", (width, width, 1, 1), _drop_kernel)
+        rules[lap + "in_weight.bias"] = (target + "input_projection.bias", (width,), _same)
+    rules[lap + "sq_weight"] = (target + "squeeze_weight", (heads, layers, squeeze), _same)
+    rules[lap + "sq_bias"] = (target + "squeeze_bias", (heads, 1, squeeze), _same)
+    rules[lap + "ex_weight"] = (target + "excite_weight", (heads, squeeze, layers), _same)
+    rules[lap + "ex_bias"] = (target + "excite_bias", (heads, 1, layers), _same)
+    rules[lap + "out_weight.weight"] = (target + "output_projection.weight", (channels, width, 1), _drop_kernel)
+    rules[lap + "out_weight.bias"] = (target + "output_projection.bias", (channels,), _same)
+    rules.update(_batch_norm(lap + "out_norm", target + "output_norm", channels))
+    return rules
+
+
+def _astp_rules(config: Dict[str, Any]) -> Dict[str, Rule]:
+    """Rules of the reference's ASTP network (pooling and embedding layers)."""
+    channels = config["lap_channels"] if config["aggregation"] == "lap" else config["input_size"]
+    attention, embedding = config["attention_channels"], config["embedding_dim"]
+    pool = POOLING_PREFIX + "t_pool."
+    rules: Dict[str, Rule] = {}
     rules[pool + "attention.0.weight"] = ("backend:pooling.tdnn.conv.conv.weight", (attention, 3 * channels, 1), _same)
     rules[pool + "attention.0.bias"] = ("backend:pooling.tdnn.conv.conv.bias", (attention,), _same)
     rules.update(_batch_norm(pool + "attention.2", "backend:pooling.tdnn.norm.norm", attention))
@@ -256,11 +363,6 @@ def _rules(config: Dict[str, int]) -> Dict[str, Rule]:
     rules[POOLING_PREFIX + "emb_weight.weight"] = ("backend:embedding.weight", (embedding, 2 * channels), _same)
     rules[POOLING_PREFIX + "emb_weight.bias"] = ("backend:embedding.bias", (embedding,), _same)
     rules.update(_batch_norm(POOLING_PREFIX + "emb_norm", "backend:embedding_norm", embedding))
-    rules[CLASSIFIER_KEY] = (
-        "classifier:weight",
-        (config["num_subcenters"], embedding, config["num_classes"]),
-        _subcentres_to_rows,
-    )
     return rules
 
 
@@ -273,14 +375,14 @@ def _check_frontend(frontend: StateDict, config: Dict[str, int]) -> None:
     if len(layer_ids) + 1 != config["num_layers"]:
         problems.append(
             f"{len(layer_ids)} transformer layers give {len(layer_ids) + 1} hidden states, "
-            f"but LAP has L={config['num_layers']}"
+            f"but the backend has L={config['num_layers']}"
         )
     projection = frontend.get("feature_projection.projection.weight")
     if projection is None:
         problems.append("frontend.feature_projection.projection.weight is missing")
     elif projection.shape[0] != config["input_size"]:
         problems.append(
-            f"the SSL width is {projection.shape[0]}, but LAP has D={config['input_size']}"
+            f"the SSL width is {projection.shape[0]}, but the backend has D={config['input_size']}"
         )
     if problems:
         raise ReferenceCheckpointError(f"frontend does not fit the backend: {problems}")

@@ -1,23 +1,21 @@
-"""The speaker encoder: an HF SSL model (WavLM, HuBERT, wav2vec 2.0) and the LAP backend.
+"""The speaker encoder: an HF SSL model (WavLM, HuBERT, wav2vec 2.0) and a speaker backend.
 
 Authors
  * lap-speechbrain contributors 2026
 """
 
-import inspect
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lap_speechbrain.lobes.backend import LAPSpeakerBackend
+from lap_speechbrain.lobes.backend import build_backend
 
-# The backend settings a model folder records: every LAPSpeakerBackend argument
+# The backend settings a model folder records: the arguments of build_backend
 # except the two sizes, which come from the SSL model's config.
-BACKEND_KEYS = tuple(
-    name for name in inspect.signature(LAPSpeakerBackend).parameters if name not in ("num_layers", "input_size")
-)
+BACKEND_KEYS = ("aggregation", "network", "lap_channels", "num_heads", "embedding_dim", "lap_dropout",
+                "layer_pooling", "frame_dropout")
 
 
 def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
@@ -36,7 +34,7 @@ def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
 
 
 class SSLSpeakerEncoder(nn.Module):
-    """Waveforms -> all SSL hidden states -> LAP backend -> speaker embedding.
+    """Waveforms -> all SSL hidden states -> speaker backend -> speaker embedding.
 
     ``ssl_model`` is SpeechBrain's HF wrapper (``speechbrain.integrations.
     huggingface.WavLM``, ``HuBERT`` or ``Wav2Vec2``). The encoder reads L and D
@@ -80,17 +78,24 @@ class SSLSpeakerEncoder(nn.Module):
         A SpeechBrain HF SSL wrapper; its ``model`` attribute is the HF model.
     frozen : bool
         Start with the SSL model frozen (stage 1) or trainable (stage 2).
+    aggregation : str
+        Layer aggregation: ``"lap"`` or ``"superb"``.
+    network : str
+        Speaker network: ``"astp"``, ``"ecapa-tdnn"``, ``"x-vector"`` or ``"mhfa"``.
     lap_channels, num_heads, embedding_dim, lap_dropout, layer_pooling, frame_dropout
-        Passed to :class:`LAPSpeakerBackend`.
+        Passed to :func:`~lap_speechbrain.lobes.backend.build_backend`
+        (``embedding_dim`` None: the network's size in the reference).
     """
 
     def __init__(
         self,
         ssl_model: nn.Module,
         frozen: bool = True,
+        aggregation: str = "lap",
+        network: str = "astp",
         lap_channels: int = 512,
         num_heads: int = 16,
-        embedding_dim: int = 192,
+        embedding_dim: Optional[int] = None,
         lap_dropout: float = 0.1,
         layer_pooling: str = "max",
         frame_dropout: float = 0.1,
@@ -106,7 +111,9 @@ class SSLSpeakerEncoder(nn.Module):
         self.input_size = config.hidden_size
         self.pads_by_group_norm = getattr(config, "feat_extract_norm", "") == "group"
         self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
-        self.backend = LAPSpeakerBackend(
+        self.backend = build_backend(
+            aggregation,
+            network,
             num_layers=self.num_layers,
             input_size=self.input_size,
             lap_channels=lap_channels,
@@ -116,10 +123,13 @@ class SSLSpeakerEncoder(nn.Module):
             layer_pooling=layer_pooling,
             frame_dropout=frame_dropout,
         )
+        self.embedding_dim = self.backend.embedding_dim
         self.backend_config: Dict[str, Any] = dict(
+            aggregation=aggregation,
+            network=network,
             lap_channels=lap_channels,
             num_heads=num_heads,
-            embedding_dim=embedding_dim,
+            embedding_dim=self.embedding_dim,
             lap_dropout=lap_dropout,
             layer_pooling=layer_pooling,
             frame_dropout=frame_dropout,
@@ -332,5 +342,10 @@ class SSLSpeakerEncoder(nn.Module):
         return self.backend(states, self.frame_lengths(wavs, wav_lens, states.shape[2]))
 
     def layer_gates(self, wavs: torch.Tensor) -> torch.Tensor:
-        """LAP gates alpha of one unpadded batch, (B, heads, T, L), for analysis."""
+        """LAP gates alpha of one unpadded batch, (B, heads, T, L), for analysis (LAP + ASTP only)."""
+        if not hasattr(self.backend, "layer_gates"):
+            raise ValueError(
+                f"layer gates are read from the LAP + ASTP backend; this encoder has "
+                f"{self.backend_config['aggregation']} + {self.backend_config['network']}"
+            )
         return self.backend.layer_gates(self.hidden_states(wavs))

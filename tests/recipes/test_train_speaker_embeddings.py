@@ -165,12 +165,30 @@ def test_all_stages_end_to_end(corpus, tmp_path):
     loaded = LAPSpeakerRecognition.from_hparams(source=str(model), savedir=str(tmp_path / "loaded"))
     assert loaded.threshold == pytest.approx(records["lmft"]["valid_threshold"])
     assert loaded.mods.embedding_model.backend_config == {
-        "lap_channels": 16, "num_heads": 4, "embedding_dim": 8, "lap_dropout": 0.1,
+        "aggregation": "lap", "network": "astp", "lap_channels": 16, "num_heads": 4, "embedding_dim": 8, "lap_dropout": 0.1,
         "layer_pooling": "max", "frame_dropout": 0.1}
     assert loaded.mods.embedding_model.input_size == 32
     card = (model / "README.md").read_text()
     assert yaml.safe_load(card.split("---")[1])["datasets"] == ["voxceleb"]  # model_card_datasets
     assert '"stage": "lmft"' in card  # the training summary
+
+
+@pytest.mark.parametrize("aggregation, network", [("superb", "ecapa-tdnn"), ("lap", "mhfa")])
+def test_comparison_systems_train_all_stages_export_and_load(corpus, tmp_path, aggregation, network):
+    """Two of the paper's other systems through the same recipe and yaml, chosen by its two keys
+    (the SUPERB baseline with the largest network, and two LAPs inside MHFA); all eight train,
+    export and load in tests/test_export.py."""
+    output = tmp_path / "run"
+    args = [arg for arg in recipe_args(corpus, output) if not arg.startswith("--embedding_dim=")]
+    run_recipe(args + [f"--aggregation={aggregation}", f"--network={network}"])  # the yaml's embedding_dim: null
+    assert logged_epochs(output) == [("frozen", 1), ("joint", 1), ("lmft", 1)]
+    loaded = LAPSpeakerRecognition.from_hparams(source=str(output / "model"), savedir=str(tmp_path / "loaded"))
+    config = loaded.mods.embedding_model.backend_config
+    assert (config["aggregation"], config["network"]) == (aggregation, network)
+    embedding_dim = {"ecapa-tdnn": 192, "mhfa": 256}[network]  # the reference's, as the yaml leaves it null
+    assert config["embedding_dim"] == embedding_dim
+    wav = torch.from_numpy(speaker_voice(0, 1.0, np.random.default_rng(1)))
+    assert loaded.encode_batch(wav[None]).shape == (1, 1, embedding_dim)
 
 
 def test_resume_after_sigkill_in_stage_2(corpus, tmp_path):
@@ -384,7 +402,7 @@ def test_yaml_builds_the_model_of_any_size(fixture, request, tmp_path):
     assert (frozen["ssl_frozen"], joint["ssl_frozen"], lmft["ssl_frozen"]) == (True, False, False)
     assert (frozen["augment"], joint["augment"]) == (True, False)  # stage 2: the paper's reading
     assert lmft["batch_size"] * lmft["grad_accumulation_factor"] == frozen["batch_size"]
-    assert hparams["classifier"](out_neurons=5).weight.shape == (15, 8)
+    assert hparams["classifier"](input_size=encoder.embedding_dim, out_neurons=5).weight.shape == (15, 8)
     assert hparams["keep_speed_classes"] is True  # the reference keeps stage 1's speed classes
     assert hparams["model_card_datasets"] == ["voxceleb"]
 
