@@ -4,8 +4,9 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import contextlib
 import inspect
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,76 @@ from lap_speechbrain.lobes.backend import LAPSpeakerBackend
 BACKEND_KEYS = tuple(
     name for name in inspect.signature(LAPSpeakerBackend).parameters if name not in ("num_layers", "input_size")
 )
+
+
+def masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` with each row's statistics over its first ``frames[b]`` frames only.
+
+    Row b then equals ``norm(x[b:b+1, :, :frames[b]])`` on its valid frames,
+    whatever padding follows them.
+
+    Arguments
+    ---------
+    norm : nn.GroupNorm
+        Gives the groups, eps and affine parameters.
+    x : torch.Tensor
+        (B, C, T) input.
+    frames : torch.Tensor
+        (B,) valid frames of each row.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C, T) float32 (as GroupNorm under autocast); padded frames are
+        normalised with their row's statistics too.
+
+    Example
+    -------
+    >>> norm = nn.GroupNorm(4, 4)
+    >>> x = torch.randn(2, 4, 10)
+    >>> out = masked_group_norm(norm, x, torch.tensor([10, 6]))
+    >>> torch.allclose(out[1:, :, :6], norm(x[1:, :, :6]), atol=1e-5)
+    True
+    """
+    batch, channels, time = x.shape
+    grouped = x.float().reshape(batch, norm.num_groups, channels // norm.num_groups, time)
+    mask = (torch.arange(time, device=x.device) < frames.to(x.device)[:, None]).float()[:, None, None, :]
+    count = mask.sum(dim=(2, 3), keepdim=True) * grouped.shape[2]
+    mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
+    variance = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    normalized = ((grouped - mean) * torch.rsqrt(variance + norm.eps)).reshape(batch, channels, time)
+    if norm.affine:
+        normalized = normalized * norm.weight.float()[:, None] + norm.bias.float()[:, None]
+    return normalized
+
+
+@contextlib.contextmanager
+def valid_frame_group_norm(model: nn.Module, samples: torch.Tensor) -> Iterator[None]:
+    """While open, the GroupNorm of ``model``'s first CNN layer uses valid frames only.
+
+    A forward hook replaces the norm's output by :func:`masked_group_norm`
+    over the frames that each row's ``samples`` give through the first
+    convolution, so a padded batch of a Base-type model (wav2vec 2.0 / HuBERT
+    / WavLM ``feat_extract_norm="group"``) gives each utterance's states alone.
+
+    Arguments
+    ---------
+    model : nn.Module
+        An HF SSL model with ``feature_extractor.conv_layers[0].{conv, layer_norm}``.
+    samples : torch.Tensor
+        (B,) valid samples of each row of the batch.
+    """
+    first = model.feature_extractor.conv_layers[0]
+    frames = (samples - first.conv.kernel_size[0]) // first.conv.stride[0] + 1
+
+    def hook(module, args, output):
+        return masked_group_norm(module, args[0], frames).to(output.dtype)
+
+    handle = first.layer_norm.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class SSLSpeakerEncoder(nn.Module):
@@ -47,9 +118,12 @@ class SSLSpeakerEncoder(nn.Module):
       wrapper's ``do_normalize`` would normalise over the padded length).
     - Models whose first CNN layer uses GroupNorm (Base-type WavLM, wav2vec 2.0
       Base, HuBERT Base) normalise over the whole padded signal, so their output
-      changes with padding. For such models a padded batch is run one utterance
-      at a time at its own length, which makes the embedding independent of
-      the batch it is in. Batches without padding (training crops) run batched.
+      changes with padding. For such models a padded batch either runs batched
+      with that GroupNorm's statistics over each utterance's valid frames only
+      (:func:`valid_frame_group_norm`, ``group_norm_batching = "masked"``) or
+      one utterance at a time at its own length (``"per_utterance"``, the
+      default: see the attribute); both make the embedding independent of the
+      batch it is in. Batches without padding (training crops) run batched.
     - The SpecAugment mask embedding receives no gradient while SpecAugment is
       off, so it is then excluded from training (DDP stops on unused
       parameters otherwise).
@@ -85,6 +159,10 @@ class SSLSpeakerEncoder(nn.Module):
         self.num_layers = config.num_hidden_layers + 1
         self.input_size = config.hidden_size
         self.pads_by_group_norm = getattr(config, "feat_extract_norm", "") == "group"
+        # How a padded batch of a GroupNorm front end runs: "masked" (one batched
+        # call, valid-frame statistics) or "per_utterance". Same embeddings; the
+        # faster one is the default: benchmarks/inference_speed.py measures both.
+        self.group_norm_batching = "per_utterance"
         self.backend = LAPSpeakerBackend(
             num_layers=self.num_layers,
             input_size=self.input_size,
@@ -257,8 +335,15 @@ class SSLSpeakerEncoder(nn.Module):
         padded = wav_lens is not None and bool((torch.round(wav_lens * wavs.shape[1]) < wavs.shape[1]).any())
         if not (padded and self.pads_by_group_norm):
             return self._run_ssl(wavs, wav_lens)
-        samples = torch.round(wav_lens * wavs.shape[1]).long().tolist()
-        per_utterance = [self._run_ssl(wav[None, :count], None) for wav, count in zip(wavs, samples)]
+        samples = torch.round(wav_lens * wavs.shape[1]).long()
+        if self.group_norm_batching == "masked":
+            with valid_frame_group_norm(self.ssl_model.model, samples):
+                return self._run_ssl(wavs, wav_lens)
+        if self.group_norm_batching != "per_utterance":
+            raise ValueError(
+                f"group_norm_batching must be 'masked' or 'per_utterance', not {self.group_norm_batching!r}"
+            )
+        per_utterance = [self._run_ssl(wav[None, :count], None) for wav, count in zip(wavs, samples.tolist())]
         frames = max(states.shape[2] for states in per_utterance)
         return torch.cat(
             [F.pad(states, (0, 0, 0, frames - states.shape[2])) for states in per_utterance],
