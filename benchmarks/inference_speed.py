@@ -208,7 +208,6 @@ def compare_modes(
     """
     folder = export_random_model(workdir, front_end, **size)
     model = EncoderClassifier.from_hparams(source=str(folder), run_opts={"device": str(device)})
-    waveforms = [waveform.to(device) for waveform in waveforms]
     steps = {"single": lambda: embed_single(model, waveforms),
              "batched": lambda: embed_batched(model, waveforms, batch)}
     if model.mods.embedding_model.pads_by_group_norm:
