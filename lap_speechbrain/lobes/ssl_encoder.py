@@ -122,7 +122,7 @@ class SSLSpeakerEncoder(nn.Module):
       with that GroupNorm's statistics over each utterance's valid frames only
       (:func:`valid_frame_group_norm`, ``group_norm_batching = "masked"``) or
       one utterance at a time at its own length (``"per_utterance"``, the
-      default: see the attribute); both make the embedding independent of the
+      default, see the attribute); both make the embedding independent of the
       batch it is in. Batches without padding (training crops) run batched.
     - The SpecAugment mask embedding receives no gradient while SpecAugment is
       off, so it is then excluded from training (DDP stops on unused
@@ -160,8 +160,9 @@ class SSLSpeakerEncoder(nn.Module):
         self.input_size = config.hidden_size
         self.pads_by_group_norm = getattr(config, "feat_extract_norm", "") == "group"
         # How a padded batch of a GroupNorm front end runs: "masked" (one batched
-        # call, valid-frame statistics) or "per_utterance". Same embeddings; the
-        # faster one is the default: benchmarks/inference_speed.py measures both.
+        # call, valid-frame statistics) or "per_utterance". Same embeddings. On CPU
+        # "masked" was not reliably faster and took 8-10x the memory (README,
+        # Benchmarks); benchmarks/gpu_suite.py measures both for a GPU decision.
         self.group_norm_batching = "per_utterance"
         self.backend = LAPSpeakerBackend(
             num_layers=self.num_layers,
