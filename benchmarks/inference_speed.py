@@ -14,8 +14,10 @@ Two front ends are measured, because padding is handled differently:
 
 - ``base-plus``: the released Base+ shape, GroupNorm in the first CNN layer.
   Its output depends on padding, so ``SSLSpeakerEncoder`` runs a padded batch
-  one utterance at a time inside the SSL model; batching then only batches
-  the LAP backend.
+  either one utterance at a time inside the SSL model (``batched``: batching
+  then only batches the LAP backend) or in one call with that GroupNorm's
+  statistics over each utterance's valid frames (``masked``); both are
+  measured, in the same run.
 - ``large-cnn``: the same width and depth with the Large-type CNN
   (LayerNorm, stable layer norm), which runs padded batches in one call.
 
@@ -70,11 +72,13 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def export_random_model(workdir: Path, front_end: str) -> Path:
-    """A Base+-sized random WavLM with the default LAP backend, exported."""
+def export_random_model(workdir: Path, front_end: str, **size: int) -> Path:
+    """A Base+-sized random WavLM (``size``: WavLMConfig overrides) with the default LAP backend, exported."""
     from speechbrain.integrations.huggingface.wavlm import WavLM
 
-    source = save_random_wavlm(workdir / f"wavlm-{front_end}", preset="base-plus", **FRONT_ENDS[front_end])
+    source = save_random_wavlm(
+        workdir / f"wavlm-{front_end}", preset="base-plus", **{**FRONT_ENDS[front_end], **size}
+    )
     encoder = SSLSpeakerEncoder(WavLM(source, save_path=str(workdir / "hf")), frozen=True).eval()
     config = WavLMConfig.from_pretrained(source).to_dict()
     classifier = SubCenterClassifier(encoder.backend.embedding_dim, 10)
@@ -168,13 +172,61 @@ def measure(
     return {name: (statistics.median(times), peak, output) for name, (times, peak, output) in results.items()}
 
 
+def embed_masked(model: EncoderClassifier, waveforms: List[torch.Tensor], batch: int) -> torch.Tensor:
+    """:func:`embed_batched` with a GroupNorm front end run batched on valid-frame statistics."""
+    encoder = model.mods.embedding_model
+    default = encoder.group_norm_batching
+    encoder.group_norm_batching = "masked"
+    try:
+        return embed_batched(model, waveforms, batch)
+    finally:
+        encoder.group_norm_batching = default
+
+
+def random_waveforms(count: int, min_seconds: float, max_seconds: float) -> List[torch.Tensor]:
+    """``count`` noise waveforms of lengths uniform in [min_seconds, max_seconds] (seeded)."""
+    generator = torch.Generator().manual_seed(0)
+    seconds = min_seconds + (max_seconds - min_seconds) * torch.rand(count, generator=generator)
+    return [0.1 * torch.randn(int(s * SAMPLE_RATE), generator=generator) for s in seconds]
+
+
+def compare_modes(
+    workdir: Path,
+    front_end: str,
+    waveforms: List[torch.Tensor],
+    batch: int,
+    runs: int,
+    device: torch.device,
+    **size: int,
+) -> List[Tuple[str, float, float, float, float]]:
+    """Exports a random model of ``front_end`` (``size``: WavLMConfig overrides) and times its embedding modes.
+
+    Returns
+    -------
+    list of tuple
+        ``(mode, audio seconds per second, speed vs single, peak MiB, max |diff| vs single)``.
+    """
+    folder = export_random_model(workdir, front_end, **size)
+    model = EncoderClassifier.from_hparams(source=str(folder), run_opts={"device": str(device)})
+    steps = {"single": lambda: embed_single(model, waveforms),
+             "batched": lambda: embed_batched(model, waveforms, batch)}
+    if model.mods.embedding_model.pads_by_group_norm:
+        steps["masked"] = lambda: embed_masked(model, waveforms, batch)
+    with torch.no_grad():
+        results = measure(steps, runs, device)
+    audio = sum(waveform.numel() for waveform in waveforms) / SAMPLE_RATE
+    single_time, _, single = results["single"]
+    return [
+        (mode, audio / seconds, single_time / seconds, peak / 2**20, float((output - single).abs().max()))
+        for mode, (seconds, peak, output) in results.items()
+    ]
+
+
 def main() -> None:
     args = parse_arguments()
     device = torch.device(args.device)
-    generator = torch.Generator().manual_seed(0)
-    seconds = args.min_seconds + (args.max_seconds - args.min_seconds) * torch.rand(args.utterances, generator=generator)
-    waveforms = [0.1 * torch.randn(int(s * SAMPLE_RATE), generator=generator) for s in seconds]
-    audio = float(seconds.sum())
+    waveforms = random_waveforms(args.utterances, args.min_seconds, args.max_seconds)
+    audio = sum(waveform.numel() for waveform in waveforms) / SAMPLE_RATE
     print(f"{args.utterances} utterances, {args.min_seconds:g}-{args.max_seconds:g} s, {audio:.1f} s of audio; "
           f"batch {args.batch}; device {device}; torch threads {torch.get_num_threads()}; "
           f"WavLM Base+ shape {WAVLM_PRESETS['base-plus']['hidden_size']} x "
@@ -182,19 +234,11 @@ def main() -> None:
     print(f"{'front end':<10} {'mode':<8} {'audio s / s':>11} {'x single':>9} {'peak MiB':>9} {'max |diff|':>11}")
     with tempfile.TemporaryDirectory() as workdir:
         for front_end in args.front_ends:
-            folder = export_random_model(Path(workdir), front_end)
-            model = EncoderClassifier.from_hparams(source=str(folder), run_opts={"device": args.device})
-            with torch.no_grad():
-                results = measure({"single": lambda: embed_single(model, waveforms),
-                                   "batched": lambda: embed_batched(model, waveforms, args.batch)},
-                                  args.runs, device)
-            (single_time, single_peak, single), (batch_time, batch_peak, batched) = results.values()
-            difference = float((single - batched).abs().max())
-            print(f"{front_end:<10} {'single':<8} {audio / single_time:>11.1f} {1.0:>9.2f} "
-                  f"{single_peak / 2**20:>9.0f} {'':>11}")
-            print(f"{front_end:<10} {'batched':<8} {audio / batch_time:>11.1f} {single_time / batch_time:>9.2f} "
-                  f"{batch_peak / 2**20:>9.0f} {difference:>11.2e}")
-            del model
+            for mode, speed, ratio, peak, difference in compare_modes(
+                Path(workdir), front_end, waveforms, args.batch, args.runs, device
+            ):
+                shown = "" if mode == "single" else f"{difference:.2e}"
+                print(f"{front_end:<10} {mode:<8} {speed:>11.1f} {ratio:>9.2f} {peak:>9.0f} {shown:>11}")
 
 
 if __name__ == "__main__":

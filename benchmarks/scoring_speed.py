@@ -104,15 +104,15 @@ def speechbrain(scores, labels):
 
 
 def torch_as_norm(utterances, cohort, top_n, chunk_size, enrol, test):
-    """The torch implementation that the numpy one replaced."""
-    means = torch.empty(utterances.shape[0])
-    stds = torch.empty(utterances.shape[0])
+    """The torch implementation that the numpy one replaced (on the inputs' device)."""
+    means = torch.empty(utterances.shape[0], device=utterances.device)
+    stds = torch.empty(utterances.shape[0], device=utterances.device)
     for start in range(0, utterances.shape[0], chunk_size):
         stop = start + chunk_size
         top = torch.topk(utterances[start:stop] @ cohort.T, top_n, dim=1, sorted=False).values
         means[start:stop] = top.mean(dim=1)
         stds[start:stop] = top.std(dim=1, correction=0)
-    raw = torch.empty(enrol.shape[0])
+    raw = torch.empty(enrol.shape[0], device=utterances.device)
     for start in range(0, enrol.shape[0], 65536):
         stop = start + 65536
         raw[start:stop] = (utterances[enrol[start:stop]] * utterances[test[start:stop]]).sum(dim=-1)

@@ -141,6 +141,59 @@ def profile_stage1(encoder, classifier, loss_fn, wavs, labels, frozen_forward, a
     optimizer.zero_grad(set_to_none=True)
 
 
+def stage_steps(encoder, classifier, loss_fn, wavs, labels, autocast, device: str, repeats: int, warmup: int) -> dict:
+    """Times a stage-1 and a stage-2 step against their floors; peak memory of each stage.
+
+    Leaves ``encoder`` frozen, as it found it.
+
+    Returns
+    -------
+    dict
+        ``forward``, ``stage1``, ``ratio1``, ``memory1``, ``forward_backward``,
+        ``stage2``, ``ratio2``, ``memory2`` (seconds, paired ratios, MiB; on CUDA
+        the peak of each stage alone, on CPU the process's peak so far).
+    """
+    ssl = encoder.ssl_model
+
+    def make_step():
+        parameters = [p for m in (encoder, classifier) for p in m.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(parameters, lr=1e-5)
+
+        def step():
+            with autocast():
+                loss = loss_fn(classifier(encoder(wavs)), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    def frozen_forward():
+        with torch.no_grad(), autocast():
+            ssl(wavs)
+
+    def ssl_forward_backward():
+        with autocast():
+            states = ssl(wavs)
+        states.float().square().mean().backward()
+        ssl.zero_grad(set_to_none=True)
+
+    encoder.train()
+    classifier.train()
+    results = {}
+    for stage, floor, frozen in ((1, frozen_forward, True), (2, ssl_forward_backward, False)):
+        encoder.set_ssl_frozen(frozen)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        floor_s, step_s, ratio = paired_times(floor, make_step(), device, repeats, warmup)
+        results.update({
+            ("forward" if stage == 1 else "forward_backward"): floor_s,
+            f"stage{stage}": step_s, f"ratio{stage}": ratio, f"memory{stage}": peak_memory_mb(device),
+        })
+    encoder.set_ssl_frozen(True)
+    return results
+
+
 def main() -> None:
     args = parse_args()
     global clock
@@ -162,50 +215,21 @@ def main() -> None:
     print(f"{args.preset}: L={encoder.num_layers} D={encoder.input_size}, batch {args.batch} x {args.seconds} s, "
           f"{args.device} {args.dtype}, {torch.get_num_threads()} threads, {clock_name} time, median of {args.repeats}")
 
-    def make_step():
-        parameters = [p for m in (encoder, classifier) for p in m.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=1e-5)
-
-        def step():
-            with autocast():
-                loss = loss_fn(classifier(encoder(wavs)), labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        return step
-
-    def frozen_forward():
-        with torch.no_grad(), autocast():
-            ssl(wavs)
-
-    encoder.train()
-    classifier.train()
-    stage1 = make_step()
-    forward_s, stage1_s, ratio1 = paired_times(frozen_forward, stage1, args.device, args.repeats, args.warmup)
-    memory_stage1 = peak_memory_mb(args.device)
     if args.profile:
+        def frozen_forward():
+            with torch.no_grad(), autocast():
+                ssl(wavs)
+
         profile_stage1(encoder, classifier, loss_fn, wavs, labels, frozen_forward, autocast, args)
-
-    encoder.set_ssl_frozen(False)
-
-    def ssl_forward_backward():
-        with autocast():
-            states = ssl(wavs)
-        states.float().square().mean().backward()
-        ssl.zero_grad(set_to_none=True)
-
-    stage2 = make_step()
-    both_s, stage2_s, ratio2 = paired_times(ssl_forward_backward, stage2, args.device, args.repeats, args.warmup)
-    memory_stage2 = peak_memory_mb(args.device)
-
-    for name, seconds in (("frozen WavLM forward", forward_s), ("stage-1 step", stage1_s),
-                          ("WavLM forward+backward", both_s), ("stage-2 step", stage2_s)):
-        print(f"{name:>24}: {seconds * 1000:9.1f} ms")
-    print(f"stage-1 step / frozen forward      = {ratio1:.2f}x (median of paired ratios; target <= 1.3x)")
-    print(f"stage-2 step / forward+backward    = {ratio2:.2f}x (median of paired ratios)")
+    results = stage_steps(encoder, classifier, loss_fn, wavs, labels, autocast, args.device, args.repeats, args.warmup)
+    for name, key in (("frozen WavLM forward", "forward"), ("stage-1 step", "stage1"),
+                      ("WavLM forward+backward", "forward_backward"), ("stage-2 step", "stage2")):
+        print(f"{name:>24}: {results[key] * 1000:9.1f} ms")
+    print(f"stage-1 step / frozen forward      = {results['ratio1']:.2f}x (median of paired ratios; target <= 1.3x)")
+    print(f"stage-2 step / forward+backward    = {results['ratio2']:.2f}x (median of paired ratios)")
     kind = "allocated" if args.device.startswith("cuda") else "process RSS"
-    print(f"peak memory ({kind}): after stage 1 {memory_stage1:.0f} MiB, after stage 2 {memory_stage2:.0f} MiB")
+    print(f"peak memory ({kind}): after stage 1 {results['memory1']:.0f} MiB, "
+          f"after stage 2 {results['memory2']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -15,15 +15,21 @@ To run::
         --model=results/lap_wavlm/1986 --data_folder=/data/voxceleb1/wav \\
         --cohort_csv=results/lap_wavlm/1986/save/train.csv
 
+With ``torchrun --nproc_per_node=N`` (and ``--distributed_backend=gloo`` on
+CPU) the N processes share the embedding work, each writing its part of the
+embedding cache, and the main process scores and writes the results.
+
 Authors
  * lap-speechbrain contributors 2026
 """
 
+import contextlib
 import functools
 import sys
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from lap_speechbrain.fileio import FolderLock
 from lap_speechbrain.inference import load_audio, load_encoder
@@ -39,10 +45,13 @@ from lap_speechbrain.scoring import (
 def main(argv):
     """Parses the command line, loads the model and scores the trial lists."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     # One run per output folder: a second one stops here, before writing anything.
-    with FolderLock(hparams["output_folder"]):
+    # The main process holds the lock for all processes of a torchrun group.
+    lock = FolderLock(hparams["output_folder"]) if if_main_process() else contextlib.nullcontext()
+    with lock:
         score(hparams, hparams_file, overrides, run_opts)
 
 
@@ -54,7 +63,13 @@ def score(hparams: dict, hparams_file: str, overrides: str, run_opts: dict) -> N
         overrides=overrides,
     )
     device = run_opts.get("device") or "cpu"
-    encoder = load_encoder(hparams["model"], savedir=hparams["pretrained_savedir"], device=device)
+    # The main process fetches a hub model into pretrained_savedir first; the
+    # others then read it from the Hugging Face cache, so no two write the folder.
+    if if_main_process():
+        encoder = load_encoder(hparams["model"], savedir=hparams["pretrained_savedir"], device=device)
+    ddp_barrier()
+    if not if_main_process():
+        encoder = load_encoder(hparams["model"], device=device)
     results = run_verification(
         encoder_embedding_fn(encoder),
         functools.partial(load_audio, target_sample_rate=hparams["sample_rate"]),
@@ -82,7 +97,8 @@ def score(hparams: dict, hparams_file: str, overrides: str, run_opts: dict) -> N
         sample_rate=hparams["sample_rate"],
         device=device,
     )
-    print(markdown_table(results, hparams["p_targets"]))
+    if results is not None:  # the main process
+        print(markdown_table(results, hparams["p_targets"]))
 
 
 if __name__ == "__main__":

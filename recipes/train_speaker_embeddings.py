@@ -712,7 +712,11 @@ def save_model(out_dir: Path, hparams: dict, records: List[dict], speakers: List
 
 
 def finish(hparams: dict, run_opts: dict) -> None:
-    """The optional steps after training: evaluate, compare, export, verify, summarise."""
+    """The optional steps after training: evaluate, compare, export, verify, summarise.
+
+    Runs on every process: under torchrun all of them share the evaluation's
+    embedding work; the rest happens on the main process only.
+    """
     model_folder = Path(hparams["output_folder"]) / MODEL_FOLDER
     outputs = {"training log": hparams["train_log"], "trained model": str(model_folder)}
     evaluation = hparams["evaluation"]
@@ -730,6 +734,9 @@ def finish(hparams: dict, run_opts: dict) -> None:
             device=device,
             **settings,
         )
+    if not if_main_process():
+        return
+    if evaluation:
         print(markdown_table(results, evaluation["p_targets"]))
         outputs["evaluation"] = f"{evaluation['output_folder']}/results.md"
         if hparams["mfcc_baseline"]:
@@ -781,5 +788,4 @@ if __name__ == "__main__":
         noise_csvs = run_on_main(prepare_noise, args=[hparams])
     records, speakers = run_stages(hparams, run_opts, data, make_augmentation(hparams, noise_csvs))
     run_on_main(save_model, args=[Path(hparams["output_folder"]) / MODEL_FOLDER, hparams, records, speakers])
-    if if_main_process():
-        finish(hparams, run_opts)
+    finish(hparams, run_opts)

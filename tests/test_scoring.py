@@ -615,6 +615,11 @@ def test_extract_embeddings_chunks_long_files(tmp_path):
     assert table.embeddings[0, 0] == pytest.approx(chunk_means.mean().item(), abs=1e-6)
     assert table.embeddings[0, 2] == pytest.approx(0.25)
     assert table.embeddings[1, 2] == pytest.approx(0.2)
+    # Issue 13.3: chunks obey max_batch_seconds (0.5 s: two 0.25 s chunks per call), same embedding.
+    bounded = StatsEmbedder()
+    again = extract_embeddings(utterances, bounded, LOAD, max_chunk_seconds=0.3, max_batch_seconds=0.5)
+    assert [shape for shape, _ in bounded.calls[:2]] == [(2, 4000), (2, 4000)]
+    np.testing.assert_allclose(again.embeddings, table.embeddings, atol=1e-6)
 
 
 def test_missing_files_are_listed_before_any_work(tmp_path):

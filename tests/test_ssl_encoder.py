@@ -119,6 +119,32 @@ def test_rows_shorter_than_the_receptive_field_raise_naming_them(fixture, make_e
         assert torch.isfinite(encoder(wavs[[0, 2]], lengths[[0, 2]])).all()  # 400 samples: one frame
 
 
+@pytest.mark.parametrize("padding", ["zeros", "garbage"])
+def test_masked_group_norm_batches_base_type_exactly(padding, tiny_wavlm_base, make_encoder):
+    """Issue 13.5: one batched call, first-layer GroupNorm over valid frames, equals one at a time."""
+    encoder = make_encoder(tiny_wavlm_base).eval()
+    waves = utterances()
+    batch, lengths = padded_batch(waves, padding)
+    calls = []
+    handle = encoder.ssl_model.model.register_forward_hook(lambda module, args, output: calls.append(1))
+    with torch.no_grad():
+        per_utterance = encoder.hidden_states(batch, lengths)
+        encoder.group_norm_batching = "masked"
+        masked = encoder.hidden_states(batch, lengths)
+    handle.remove()
+    assert len(calls) == len(waves) + 1  # three calls one at a time, then one batched
+    frames = encoder.frame_lengths(batch, lengths, masked.shape[2]) * masked.shape[2]
+    for row, count in enumerate(torch.round(frames).long().tolist()):
+        difference = (masked[:, row, :count] - per_utterance[:, row, :count]).abs().max()
+        assert difference < 1e-5
+    with torch.no_grad():
+        alone = torch.cat([encoder(wave[None]) for wave in waves])
+        assert (encoder(batch, lengths) - alone).abs().max() < 1e-5
+    encoder.group_norm_batching = "neither"
+    with pytest.raises(ValueError, match="group_norm_batching must be"):
+        encoder(batch, lengths)
+
+
 def test_base_type_wavlm_itself_is_not_padding_neutral(tiny_wavlm_base, make_encoder):
     """Why the encoder runs padded Base-type batches per utterance: the HF model
     run batched changes the valid frames of the shorter utterances."""

@@ -4,7 +4,8 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
-from typing import Any, Dict, List, Optional, Sequence
+import contextlib
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,76 @@ def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
         field += (kernel - 1) * jump
         jump *= stride
     return field
+
+
+def masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` with each row's statistics over its first ``frames[b]`` frames only.
+
+    Row b then equals ``norm(x[b:b+1, :, :frames[b]])`` on its valid frames,
+    whatever padding follows them.
+
+    Arguments
+    ---------
+    norm : nn.GroupNorm
+        Gives the groups, eps and affine parameters.
+    x : torch.Tensor
+        (B, C, T) input.
+    frames : torch.Tensor
+        (B,) valid frames of each row.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C, T) float32 (as GroupNorm under autocast); padded frames are
+        normalised with their row's statistics too.
+
+    Example
+    -------
+    >>> norm = nn.GroupNorm(4, 4)
+    >>> x = torch.randn(2, 4, 10)
+    >>> out = masked_group_norm(norm, x, torch.tensor([10, 6]))
+    >>> torch.allclose(out[1:, :, :6], norm(x[1:, :, :6]), atol=1e-5)
+    True
+    """
+    batch, channels, time = x.shape
+    grouped = x.float().reshape(batch, norm.num_groups, channels // norm.num_groups, time)
+    mask = (torch.arange(time, device=x.device) < frames.to(x.device)[:, None]).float()[:, None, None, :]
+    count = mask.sum(dim=(2, 3), keepdim=True) * grouped.shape[2]
+    mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
+    variance = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    normalized = ((grouped - mean) * torch.rsqrt(variance + norm.eps)).reshape(batch, channels, time)
+    if norm.affine:
+        normalized = normalized * norm.weight.float()[:, None] + norm.bias.float()[:, None]
+    return normalized
+
+
+@contextlib.contextmanager
+def valid_frame_group_norm(model: nn.Module, samples: torch.Tensor) -> Iterator[None]:
+    """While open, the GroupNorm of ``model``'s first CNN layer uses valid frames only.
+
+    A forward hook replaces the norm's output by :func:`masked_group_norm`
+    over the frames that each row's ``samples`` give through the first
+    convolution, so a padded batch of a Base-type model (wav2vec 2.0 / HuBERT
+    / WavLM ``feat_extract_norm="group"``) gives each utterance's states alone.
+
+    Arguments
+    ---------
+    model : nn.Module
+        An HF SSL model with ``feature_extractor.conv_layers[0].{conv, layer_norm}``.
+    samples : torch.Tensor
+        (B,) valid samples of each row of the batch.
+    """
+    first = model.feature_extractor.conv_layers[0]
+    frames = (samples - first.conv.kernel_size[0]) // first.conv.stride[0] + 1
+
+    def hook(module, args, output):
+        return masked_group_norm(module, args[0], frames).to(output.dtype)
+
+    handle = first.layer_norm.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class SSLSpeakerEncoder(nn.Module):
@@ -60,9 +131,12 @@ class SSLSpeakerEncoder(nn.Module):
       wrapper's ``do_normalize`` would normalise over the padded length).
     - Models whose first CNN layer uses GroupNorm (Base-type WavLM, wav2vec 2.0
       Base, HuBERT Base) normalise over the whole padded signal, so their output
-      changes with padding. For such models a padded batch is run one utterance
-      at a time at its own length, which makes the embedding independent of
-      the batch it is in. Batches without padding (training crops) run batched.
+      changes with padding. For such models a padded batch either runs batched
+      with that GroupNorm's statistics over each utterance's valid frames only
+      (:func:`valid_frame_group_norm`, ``group_norm_batching = "masked"``) or
+      one utterance at a time at its own length (``"per_utterance"``, the
+      default, see the attribute); both make the embedding independent of the
+      batch it is in. Batches without padding (training crops) run batched.
     - A row shorter than the CNN's receptive field (:attr:`min_samples`, 400
       samples for WavLM) has no frame to embed: it raises ``RuntimeError``
       naming the row, for either model type (a Base-type CNN would fail on
@@ -111,6 +185,11 @@ class SSLSpeakerEncoder(nn.Module):
         self.input_size = config.hidden_size
         self.pads_by_group_norm = getattr(config, "feat_extract_norm", "") == "group"
         self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
+        # How a padded batch of a GroupNorm front end runs: "masked" (one batched
+        # call, valid-frame statistics) or "per_utterance". Same embeddings. On CPU
+        # "masked" was not reliably faster and took 8-10x the memory (README,
+        # Benchmarks); benchmarks/gpu_suite.py measures both for a GPU decision.
+        self.group_norm_batching = "per_utterance"
         self.backend = build_backend(
             aggregation,
             network,
@@ -315,8 +394,15 @@ class SSLSpeakerEncoder(nn.Module):
         padded = wav_lens is not None and bool((torch.round(wav_lens * wavs.shape[1]) < wavs.shape[1]).any())
         if not (padded and self.pads_by_group_norm):
             return self._run_ssl(wavs, wav_lens)
-        samples = torch.round(wav_lens * wavs.shape[1]).long().tolist()
-        per_utterance = [self._run_ssl(wav[None, :count], None) for wav, count in zip(wavs, samples)]
+        samples = torch.round(wav_lens * wavs.shape[1]).long()
+        if self.group_norm_batching == "masked":
+            with valid_frame_group_norm(self.ssl_model.model, samples):
+                return self._run_ssl(wavs, wav_lens)
+        if self.group_norm_batching != "per_utterance":
+            raise ValueError(
+                f"group_norm_batching must be 'masked' or 'per_utterance', not {self.group_norm_batching!r}"
+            )
+        per_utterance = [self._run_ssl(wav[None, :count], None) for wav, count in zip(wavs, samples.tolist())]
         frames = max(states.shape[2] for states in per_utterance)
         return torch.cat(
             [F.pad(states, (0, 0, 0, frames - states.shape[2])) for states in per_utterance],

@@ -20,13 +20,24 @@
   is an error rather than silently mixing embeddings.
 - Chunking rule for very long files: with ``max_chunk_seconds`` set, an
   utterance longer than that is cut into ``n = ceil(duration /
-  max_chunk_seconds)`` consecutive chunks of equal length (the < n samples
-  left over are dropped), the chunks are embedded as one batch without
-  padding, and the utterance's embedding is the mean of the chunk
-  embeddings. ``None`` embeds every utterance at full length (docs/lap_spec.md
-  section 6).
+  max_chunk_seconds)`` consecutive chunks of equal length, without overlap
+  (the < n samples left over are dropped), the chunks are embedded in
+  batches without padding (at most ``batch_size`` chunks and
+  ``max_batch_seconds`` of audio each, so peak memory is that of the largest
+  batch, whatever the file's length), and the utterance's embedding is the
+  mean of the chunk embeddings. ``None`` embeds every utterance at full
+  length, as the reference does (docs/lap_spec.md section 6); WavLM's
+  attention memory then grows with the square of the longest file (README,
+  Evaluate: the measured memory and the embedding/EER difference).
 - Audio with NaN or infinite samples, and a non-finite embedding, stop the
   run with an error naming the file: nothing non-finite reaches the cache.
+- Scaling out: started under ``torchrun`` (torch.distributed's default
+  process group initialised, as SpeechBrain's ``ddp_init_group`` does), every
+  process reads the cache, the utterances still to embed are dealt out
+  longest first (process ``r`` of ``W`` takes every ``W``-th, from the
+  ``r``-th), each process writes its own shards (``shard-<rank>-<n>.npz``),
+  and after a barrier every process reads the others' shards. An interrupted
+  run resumes from every finished shard, with any number of processes.
 
 Authors
  * lap-speechbrain contributors 2026
@@ -46,6 +57,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.distributed import ddp_barrier, run_on_main
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -207,6 +219,24 @@ def bucket_edges(durations: Sequence[float], longest: Optional[float] = None) ->
     return [top / BUCKET_RATIO**k for k in range(count, -1, -1)]
 
 
+def process_group() -> Tuple[int, int]:
+    """This process's rank and the number of processes of torch.distributed's default group.
+
+    Returns
+    -------
+    tuple of int
+        ``(rank, world_size)``; ``(0, 1)`` without an initialised group.
+
+    Example
+    -------
+    >>> process_group()
+    (0, 1)
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def chunk_waveform(wav: torch.Tensor, max_samples: int) -> torch.Tensor:
     """Cuts a waveform into ``ceil(len / max_samples)`` equal consecutive chunks.
 
@@ -241,11 +271,15 @@ class EmbeddingCache:
         The cache folder (created if needed).
     meta : dict
         What the embeddings depend on; must match an existing cache's.
+    rank : int
+        The writing process's rank: its shards are ``shard-<rank>-<n>.npz``,
+        so processes of one run never write the same file.
     """
 
-    def __init__(self, folder: Union[str, Path], meta: Dict[str, object]):
+    def __init__(self, folder: Union[str, Path], meta: Dict[str, object], rank: int = 0):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.prefix = f"shard-{rank:03d}-"
         meta_path = self.folder / "meta.json"
         if meta_path.is_file():
             with open(meta_path, encoding="utf-8") as handle:
@@ -258,12 +292,11 @@ class EmbeddingCache:
         else:
             with atomic_open(meta_path) as handle:
                 json.dump(meta, handle, indent=2)
-        self.shards = sorted(self.folder.glob("shard-*.npz"))
 
     def load(self) -> Dict[str, np.ndarray]:
-        """Every cached embedding: audio identity -> (E,) embedding."""
+        """Every cached embedding (of all writers): audio identity -> (E,) embedding."""
         cached: Dict[str, np.ndarray] = {}
-        for shard in self.shards:
+        for shard in sorted(self.folder.glob("shard-*.npz")):
             with np.load(shard) as data:
                 identities = [key.decode() for key in data["identities"].tolist()]
                 cached.update(zip(identities, data["embeddings"]))
@@ -271,15 +304,14 @@ class EmbeddingCache:
 
     def write(self, identities: List[str], embeddings: np.ndarray) -> None:
         """Adds one shard of (len(identities), E) embeddings, atomically."""
-        number = int(self.shards[-1].stem.split("-")[1]) + 1 if self.shards else 0
-        path = self.folder / f"shard-{number:06d}.npz"
+        numbers = [int(shard.stem[len(self.prefix):]) for shard in self.folder.glob(f"{self.prefix}*.npz")]
+        path = self.folder / f"{self.prefix}{max(numbers, default=-1) + 1:06d}.npz"
         with atomic_open(path, "wb") as handle:
             np.savez(
                 handle,
                 identities=np.asarray([key.encode() for key in identities], dtype=bytes),
                 embeddings=embeddings.astype(np.float32),
             )
-        self.shards.append(path)
 
 
 def read_finite(path: str, load: LoadFn) -> torch.Tensor:
@@ -354,7 +386,8 @@ def extract_embeddings(
         ``functools.partial(lap_speechbrain.inference.load_audio,
         target_sample_rate=16000)``); it runs in the DataLoader workers.
     cache_dir : str or Path, optional
-        Folder of the cache; None keeps the embeddings in memory only.
+        Folder of the cache; None keeps the embeddings in memory only (one
+        process only: a group of processes shares embeddings through it).
     cache_key : str, optional
         Identifies the model (e.g. its weights' fingerprint); stored in the
         cache's meta. Required with ``cache_dir``.
@@ -383,7 +416,7 @@ def extract_embeddings(
     Returns
     -------
     EmbeddingTable
-        In the order of ``utterances``.
+        In the order of ``utterances`` (all of them, on every process of a group).
 
     Raises
     ------
@@ -398,19 +431,28 @@ def extract_embeddings(
     if cache_dir is not None and cache_key is None:
         raise ValueError("extract_embeddings needs a cache_key (the model's identity) with cache_dir")
     progress = sys.stderr.isatty() if progress is None else progress
+    rank, world_size = process_group()
+    if world_size > 1 and cache_dir is None:
+        raise ValueError(
+            f"extract_embeddings in a group of {world_size} processes needs a cache_dir: "
+            "the processes share their embeddings through it"
+        )
     durations = check_audio_files(utterances, durations, progress)
     identities = [audio_identity(path) for _, path in utterances]
     cache = None
     if cache_dir is not None:
-        cache = EmbeddingCache(
-            cache_dir,
-            {"key": cache_key, "sample_rate": sample_rate, "max_chunk_seconds": max_chunk_seconds},
-        )
+        meta = {"key": cache_key, "sample_rate": sample_rate, "max_chunk_seconds": max_chunk_seconds}
+        run_on_main(EmbeddingCache, args=[cache_dir, meta])  # one process writes meta.json
+        cache = EmbeddingCache(cache_dir, meta, rank)
     done = cache.load() if cache is not None else {}
-    todo = [i for i, identity in enumerate(identities) if identity not in done]
+    # Every process has read the cache before any writes to it: all agree on what is left.
+    ddp_barrier()
+    # Longest first (the sampler keeps dataset order inside each bucket), dealt
+    # out in turn so every process gets a similar share of audio.
+    todo = sorted(
+        (i for i, identity in enumerate(identities) if identity not in done), key=lambda i: -durations[i]
+    )[rank::world_size]
     if todo:
-        # Longest first: the sampler keeps dataset order inside each bucket.
-        todo.sort(key=lambda i: -durations[i])
         dataset = DynamicItemDataset(
             {str(i): {"path": utterances[i][1]} for i in todo}
         )
@@ -441,8 +483,12 @@ def extract_embeddings(
                 # Longer utterances sit alone in the sampler's last bucket.
                 if len(rows) == 1 and max_chunk_samples and wavs.shape[1] > max_chunk_samples:
                     chunks = chunk_waveform(wavs[0], max_chunk_samples).to(device)
-                    output = embed(chunks, torch.ones(chunks.shape[0], device=device))
-                    output = output.mean(dim=0, keepdim=True)
+                    # Chunks obey the batch limits too, so memory does not grow with the file.
+                    per_batch = max(1, min(batch_size, int(max_batch_seconds * sample_rate) // chunks.shape[1]))
+                    groups = chunks.split(per_batch)
+                    output = torch.cat(
+                        [embed(group, torch.ones(group.shape[0], device=device)) for group in groups]
+                    ).mean(dim=0, keepdim=True)
                 else:
                     output = embed(wavs.to(device), wav_lens.to(device))
                 if output.ndim != 2 or output.shape[0] != len(rows):
@@ -464,5 +510,8 @@ def extract_embeddings(
                     pending_rows, pending = [], []
         if pending_rows:
             _flush(cache, done, [identities[i] for i in pending_rows], pending)
+    if world_size > 1:
+        ddp_barrier()
+        done.update(cache.load())  # the other processes' parts
     embeddings = np.stack([done[identity] for identity in identities]).astype(np.float32)
     return EmbeddingTable(ids, embeddings, durations)

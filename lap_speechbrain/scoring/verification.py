@@ -33,6 +33,10 @@ for what the ``default`` and ``reference`` protocols do differently):
 Without a cohort manifest only cosine scoring (without mean subtraction)
 is possible, and only that condition is reported.
 
+Under ``torchrun`` (torch.distributed's process group initialised) step 2
+is shared by all processes (:mod:`lap_speechbrain.scoring.embeddings`) and
+steps 3-5 run on the main process only, which writes every file.
+
 Authors
  * lap-speechbrain contributors 2026
 """
@@ -47,6 +51,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from speechbrain.utils.distributed import if_main_process
 
 from lap_speechbrain.data.manifest import read_csv
 from lap_speechbrain.data.trials import Trials, read_trials
@@ -347,7 +352,7 @@ def run_verification(
     num_workers: int = 0,
     sample_rate: int = 16000,
     device: Union[str, torch.device] = "cpu",
-) -> Results:
+) -> Optional[Results]:
     """Scores trial lists under cosine, AS-Norm and AS-Norm + QMF and writes the report.
 
     Arguments
@@ -400,8 +405,9 @@ def run_verification(
 
     Returns
     -------
-    dict
-        ``results[list][condition]`` metrics (also written to disk).
+    dict or None
+        ``results[list][condition]`` metrics (also written to disk); None on
+        the other processes of a group, which only embed.
     """
     scoring = get_protocol(protocol)
     if scoring.whole_cohort and (cohort_utterances_per_speaker is not None or max_chunk_seconds is not None):
@@ -458,11 +464,14 @@ def run_verification(
     table = extract_embeddings(
         trial_files, durations=trial_durations, desc="Embedding trial utterances", **extraction
     )
-    conditions = [COSINE]
     if cohort_rows:
         cohort_table = extract_embeddings(
             cohort_files, durations=cohort_durations, desc="Embedding cohort utterances", **extraction
         )
+    if not if_main_process():
+        return None
+    conditions = [COSINE]
+    if cohort_rows:
         scorer = CohortScorer(cohort_table, speakers, usable_top_n, as_norm_chunk_size, scoring)
         normalized = normalize_embeddings(table.embeddings, scorer.mean)
         stats = scorer.stats(normalized)

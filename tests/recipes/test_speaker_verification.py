@@ -282,13 +282,31 @@ def test_recipe_runs_from_the_yaml(corpus, encoder, tmp_path, monkeypatch):
     assert run_info["model_key"] == model_fingerprint(encoder)  # the weights actually loaded
 
 
-def test_recipe_with_an_exported_model(corpus, encoder, tmp_path):
-    """End to end: the real load_encoder on an exported folder, no stand-ins."""
+def exported_recipe_arguments(corpus, exported, output):
+    """The verification recipe's command line for the exported tiny model."""
+    return [
+        str(ROOT / "hparams" / "verification.yaml"),
+        f"--model={exported}",
+        f"--data_folder={corpus / 'wav'}",
+        f"--trials_folder={corpus}",
+        "--trial_lists={E: null, H: null}",
+        f"--cohort_csv={corpus / 'train.csv'}",
+        f"--output_folder={output}",
+        "--top_n=2",
+        "--qmf_pairs=40",
+        "--num_workers=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def exported_run(corpus, encoder, tmp_path_factory):
+    """The tiny encoder exported, and one recipe run (one process) on it."""
     from lap_speechbrain.export.folder import export_model
     from lap_speechbrain.nnet import SubCenterClassifier
 
+    folder = tmp_path_factory.mktemp("exported_run")
     exported = export_model(
-        tmp_path / "exported",
+        folder / "exported",
         ssl_config=encoder.ssl_model.model.config.to_dict(),
         backend_config={"lap_channels": 16, "num_heads": 4, "embedding_dim": 8},
         embedding_state=encoder.state_dict(),
@@ -296,21 +314,13 @@ def test_recipe_with_an_exported_model(corpus, encoder, tmp_path):
         labels=["id04", "id05"],
         threshold=None,
     )
-    recipe = load_recipe()
-    output = tmp_path / "out"
-    recipe.main(
-        [
-            str(ROOT / "hparams" / "verification.yaml"),
-            f"--model={exported}",
-            f"--data_folder={corpus / 'wav'}",
-            f"--trials_folder={corpus}",
-            "--trial_lists={E: null, H: null}",
-            f"--cohort_csv={corpus / 'train.csv'}",
-            f"--output_folder={output}",
-            "--top_n=2",
-            "--qmf_pairs=40",
-        ]
-    )
+    load_recipe().main(exported_recipe_arguments(corpus, exported, folder / "out"))
+    return exported, folder / "out"
+
+
+def test_recipe_with_an_exported_model(corpus, encoder, exported_run, tmp_path):
+    """End to end: the real load_encoder on an exported folder, no stand-ins."""
+    _, output = exported_run
     exported_results = json.loads((output / "results.json").read_text())
     direct = run_verification(
         encoder_embedding_fn(encoder), LOAD, "direct", {"O": corpus / "veri_test2.txt"},
@@ -319,6 +329,53 @@ def test_recipe_with_an_exported_model(corpus, encoder, tmp_path):
     )
     # The exported model embeds as the in-memory encoder does: same metrics.
     assert exported_results["O"]["cosine"] == pytest.approx(direct["O"]["cosine"], abs=1e-6)
+
+
+def assert_same_results(folder, expected_folder):
+    """results.json of two runs: the same lists and conditions, metrics equal to 1e-5 (other padding)."""
+    results = json.loads((folder / "results.json").read_text())
+    expected = json.loads((expected_folder / "results.json").read_text())
+    assert {name: list(conditions) for name, conditions in results.items()} == {
+        name: list(conditions) for name, conditions in expected.items()
+    }
+    for name, conditions in expected.items():
+        for condition, metrics in conditions.items():
+            assert results[name][condition] == pytest.approx(metrics, rel=1e-5, abs=1e-6)
+
+
+def test_two_processes_under_torchrun_give_the_results_of_one(corpus, exported_run, tmp_path):
+    """Issue 13.2: torchrun shares the embedding work (one cache part per process); rank 0 scores."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None, "torchrun is not installed next to the Python interpreter"
+    exported, one = exported_run
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    env.pop("LOCAL_RANK", None)
+    two = tmp_path / "two"
+    command = [torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "recipes" / "speaker_verification.py")]
+    result = subprocess.run(
+        command + exported_recipe_arguments(corpus, exported, two) + ["--distributed_backend=gloo"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert_same_results(two, one)
+    # Each process wrote its part: the 12 trial utterances 6 + 6, the 15 cohort ones 8 + 7.
+    (cache,) = (two / "embeddings").iterdir()
+    parts = {rank: sorted(cache.glob(f"shard-00{rank}-*.npz")) for rank in (0, 1)}
+    counts = {rank: sum(len(np.load(shard)["identities"]) for shard in shards) for rank, shards in parts.items()}
+    assert counts == {0: 6 + 8, 1: 6 + 7}
+    # Rank 1 interrupted: a rerun (one process) embeds only what its lost shards held.
+    lost = {key for shard in parts[1] for key in np.load(shard)["identities"].tolist()}
+    for shard in parts[1]:
+        shard.unlink()
+    load_recipe().main(exported_recipe_arguments(corpus, exported, two))
+    redone = sorted(cache.glob("shard-000-*.npz"))[len(parts[0]):]
+    assert {key for shard in redone for key in np.load(shard)["identities"].tolist()} == lost
+    assert_same_results(two, one)
 
 
 def test_rescoring_a_copy_of_the_data_embeds_it_again(corpus, tmp_path):

@@ -245,7 +245,27 @@ def test_two_process_gloo_ddp_bf16(corpus, tmp_path):
     args = recipe_args(corpus, output, frozen="{epochs: 1, batch_size: 2, crop_seconds: 0.5}",
                        joint="{epochs: 1, batch_size: 2, crop_seconds: 0.5}")
     args += ["--run_stages=[frozen,joint]", "--distributed_backend=gloo", "--precision=bf16"]
+    # The evaluation after training is shared by both processes (issue 13.2).
+    files = [f"id{10001 + speaker}/video{u % 2}/{u:05d}.wav" for speaker in range(3) for u in range(2)]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("".join(
+        f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}\n" for i, a in enumerate(files) for b in files[i + 1:]
+    ))
+    evaluation = output / "evaluation"
+    # The yaml's `evaluation: null` cannot be overridden by a mapping: a copy sets it.
+    hparams = tmp_path / "lap_wavlm.yaml"
+    hparams.write_text(HPARAMS.read_text().replace("\nevaluation: null\n", (
+        f"\nevaluation:\n    trial_lists: {{t: {trials}}}\n    data_folder: {corpus['root'] / 'vox1'}\n"
+        f"    output_folder: {evaluation}\n    pretrained_savedir: {evaluation / 'model'}\n"
+        "    sample_rate: 16000\n    p_targets: [0.01, 0.05]\n    num_workers: 0\n"
+    )))
+    args[0] = str(hparams)
     run_recipe(args, launcher=(torchrun, "--standalone", "--nproc_per_node=2"))
+    assert list(json.loads((evaluation / "results.json").read_text())["t"]) == ["cosine"]
+    (cache,) = (evaluation / "embeddings").iterdir()
+    for rank in (0, 1):  # 6 utterances, 3 embedded by each process
+        shards = sorted(cache.glob(f"shard-00{rank}-*.npz"))
+        assert sum(len(np.load(shard)["identities"]) for shard in shards) == 3
 
     # Logged once (main process), one checkpoint per stage, complete and loadable.
     assert logged_epochs(output) == [("frozen", 1), ("joint", 1)]
