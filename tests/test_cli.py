@@ -1,5 +1,6 @@
 """The ``lap-speechbrain`` command: every subcommand and its errors, offline."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from test_inference import (
     randomize_,
     seed_hub_cache,
     snapshot,
+    write_non_finite,
     write_training_output,
     write_voices,
 )
@@ -209,6 +211,23 @@ def test_bad_inputs_give_errors_naming_them(exported, tmp_path, capsys):
     assert "neither an exported model folder" in capsys.readouterr().err
     assert main(["verify", str(good), str(good), "--model", str(tmp_path / "no" / "such")]) == 1
     assert "no such model folder" in capsys.readouterr().err
+
+
+def test_non_finite_audio_is_an_error_not_a_verdict(exported, tmp_path, capsys):
+    """Issue 14: `verify` on a NaN wav printed "score nan ... different speakers" and exited 0."""
+    good, _ = write_voices(tmp_path / "audio")
+    for name, path in write_non_finite(tmp_path / "bad").items():
+        assert main(["verify", str(good), str(path), "--model", str(exported)]) == 1
+        captured = capsys.readouterr()
+        assert "score" not in captured.out
+        assert f"{name}.wav: 1 of 8000 samples are NaN or infinite" in captured.err
+    shutil.copyfile(tmp_path / "bad" / "inf.wav", tmp_path / "audio" / "inf.wav")
+    assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out", str(tmp_path / "e.pt")]) == 1
+    assert "inf.wav: 1 of 8000 samples are NaN or infinite" in capsys.readouterr().err
+    assert not (tmp_path / "e.pt").exists()  # no file of embeddings with a NaN row
+    assert main(["plot-attention", str(tmp_path / "audio" / "inf.wav"), "--model", str(exported),
+                 "--out", str(tmp_path / "lap.png")]) == 1
+    assert "inf.wav: 1 of 8000 samples are NaN or infinite" in capsys.readouterr().err
 
 
 def test_export_refuses_a_non_empty_folder(training_output, exported, capsys):

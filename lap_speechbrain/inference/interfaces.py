@@ -13,6 +13,7 @@ import torch
 from speechbrain.inference.speaker import SpeakerRecognition
 from speechbrain.utils.fetching import FetchConfig
 
+from lap_speechbrain.data.audio import NonFiniteError, check_finite
 from lap_speechbrain.fileio import atomic_write_json
 from lap_speechbrain.inference.audio import load_audio
 from lap_speechbrain.scoring.embeddings import chunk_waveform
@@ -43,6 +44,9 @@ class LAPSpeakerRecognition(SpeakerRecognition):
       at a time, so memory does not grow with the file's length.
     - ``encode_batch(normalize=True)`` refuses a model that stores no
       training-set mean (SpeechBrain would return the raw embeddings).
+    - NaN or infinite audio is refused with :class:`NonFiniteError` naming
+      the file (or the row of a batch), and so is a non-finite embedding or
+      score: no NaN score ever decides "different speakers".
     """
 
     HPARAMS_NEEDED = ["verification_threshold", "sample_rate", "min_audio_samples", "max_chunk_seconds"]
@@ -89,9 +93,17 @@ class LAPSpeakerRecognition(SpeakerRecognition):
         -------
         torch.Tensor
             (B, 1, E) embeddings.
+
+        Raises
+        ------
+        NonFiniteError
+            Naming the rows with NaN or infinite samples or embeddings.
         """
         self._check_normalize(normalize)
-        return super().encode_batch(wavs, wav_lens, normalize=normalize)
+        check_finite(wavs, "encode_batch")
+        embeddings = super().encode_batch(wavs, wav_lens, normalize=normalize)
+        check_finite(embeddings.reshape(embeddings.shape[0], -1), "encode_batch: the model's embeddings", "values")
+        return embeddings
 
     def encode_waveform(self, waveform: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embedding of one utterance, in chunks if it is longer than ``max_chunk_seconds``.
@@ -146,8 +158,17 @@ class LAPSpeakerRecognition(SpeakerRecognition):
         -------
         torch.Tensor
             (1, 1, E) embedding.
+
+        Raises
+        ------
+        NonFiniteError
+            Naming the file: NaN or infinite samples, or a non-finite embedding.
         """
-        return self.encode_waveform(self.load_audio(path), normalize=normalize)
+        waveform = self.load_audio(path)
+        try:
+            return self.encode_waveform(waveform, normalize=normalize)
+        except NonFiniteError as error:
+            raise NonFiniteError(f"{path}: {error}") from error
 
     def verify_batch(
         self,
@@ -177,6 +198,7 @@ class LAPSpeakerRecognition(SpeakerRecognition):
         """
         threshold = self.threshold if threshold is None else threshold
         score, _ = super().verify_batch(wavs1, wavs2, wav1_lens, wav2_lens, threshold=threshold)
+        check_finite(score.reshape(score.shape[0], -1), "verify_batch: the scores", "values")
         return score, score >= threshold
 
     def verify_files(
@@ -200,6 +222,7 @@ class LAPSpeakerRecognition(SpeakerRecognition):
         """
         threshold = self.threshold if threshold is None else threshold
         score = self.similarity(self.encode_file(path_x), self.encode_file(path_y))
+        check_finite(score.reshape(-1), f"verify_files({path_x}, {path_y}): the score", "values")
         return score[0], score[0] >= threshold
 
 

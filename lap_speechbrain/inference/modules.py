@@ -11,6 +11,8 @@ import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 from torch import nn
 
+from lap_speechbrain.data.audio import check_finite
+
 
 class PassThrough(nn.Module):
     """Returns its first input; accepts and ignores lengths.
@@ -30,6 +32,28 @@ class PassThrough(nn.Module):
     def forward(self, x: torch.Tensor, *lengths: object) -> torch.Tensor:
         """Returns ``x`` unchanged."""
         return x
+
+
+class FiniteWaveforms(PassThrough):
+    """A :class:`PassThrough` that refuses NaN or infinite samples, naming the rows.
+
+    Used as ``compute_features``, the first step of ``encode_batch``, so that
+    ``EncoderClassifier.from_hparams`` models refuse non-finite audio too
+    instead of returning NaN embeddings.
+
+    Example
+    -------
+    >>> wavs = torch.zeros(2, 100)
+    >>> wavs[1, 5] = float("inf")
+    >>> FiniteWaveforms()(wavs)
+    Traceback (most recent call last):
+    ...
+    lap_speechbrain.data.audio.NonFiniteError: encode_batch: row [1] of the batch holds NaN or infinite samples
+    """
+
+    def forward(self, x: torch.Tensor, *lengths: object) -> torch.Tensor:
+        """Returns ``x`` (B, N) if all its samples are finite."""
+        return check_finite(x, "encode_batch")
 
 
 class EmbeddingMeanSubtraction(nn.Module):

@@ -48,6 +48,7 @@ from speechbrain.dataio.sampler import DynamicBatchSampler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lap_speechbrain.data.audio import NonFiniteError, check_finite
 from lap_speechbrain.data.manifest import probe_audio
 from lap_speechbrain.fileio import atomic_open
 
@@ -60,10 +61,6 @@ BUCKET_RATIO = 1.25
 
 class MissingAudioError(ValueError):
     """Some utterances to embed are missing or unreadable; all are listed."""
-
-
-class NonFiniteError(ValueError):
-    """Audio samples or an embedding are NaN or infinite; the message names the file."""
 
 
 @dataclass
@@ -299,11 +296,7 @@ def read_finite(path: str, load: LoadFn) -> torch.Tensor:
     NonFiniteError
         Naming the file and the number of bad samples.
     """
-    wav = load(path)
-    bad = int((~torch.isfinite(wav)).sum())
-    if bad:
-        raise NonFiniteError(f"{path}: {bad} of {wav.numel()} samples are NaN or infinite")
-    return wav
+    return check_finite(load(path), path)
 
 
 def _flush(
