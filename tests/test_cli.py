@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 from test_export import FakeApi, reference_state
+from test_fileio import kill_mid_write
 from test_inference import (
     BACKEND,
     SPEAKERS,
@@ -221,10 +222,14 @@ def test_non_finite_audio_is_an_error_not_a_verdict(exported, tmp_path, capsys):
         captured = capsys.readouterr()
         assert "score" not in captured.out
         assert f"{name}.wav: 1 of 8000 samples are NaN or infinite" in captured.err
+    # A killed earlier embed left its temporary: the next run removes it.
+    orphan = kill_mid_write(tmp_path / "e.pt")
+    assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out", str(tmp_path / "e.pt")]) == 0
+    assert not orphan.exists() and (tmp_path / "e.pt").is_file()
     shutil.copyfile(tmp_path / "bad" / "inf.wav", tmp_path / "audio" / "inf.wav")
-    assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out", str(tmp_path / "e.pt")]) == 1
+    assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out", str(tmp_path / "n.pt")]) == 1
     assert "inf.wav: 1 of 8000 samples are NaN or infinite" in capsys.readouterr().err
-    assert not (tmp_path / "e.pt").exists()  # no file of embeddings with a NaN row
+    assert not (tmp_path / "n.pt").exists()  # no file of embeddings with a NaN row
     assert main(["plot-attention", str(tmp_path / "audio" / "inf.wav"), "--model", str(exported),
                  "--out", str(tmp_path / "lap.png")]) == 1
     assert "inf.wav: 1 of 8000 samples are NaN or infinite" in capsys.readouterr().err
@@ -239,7 +244,8 @@ def test_export_refuses_a_non_empty_folder(training_output, exported, capsys):
 def test_push_dry_run_and_upload(exported, capsys, monkeypatch):
     assert main(["push", str(exported), "me/lap-tiny", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "embedding_model.ckpt" in out and "would upload 6 files" in out and "lap_export.json" not in out
+    assert "embedding_model.ckpt" in out and "trained_with.ckpt" in out and "would upload 7 files" in out
+    assert "lap_export.json" not in out
 
     api = FakeApi()
     monkeypatch.setattr("lap_speechbrain.export.hub.HfApi", lambda: api)

@@ -121,7 +121,7 @@ def test_exported_folder_gives_the_training_embeddings(trained, exported):
     encoder, _ = trained
     assert sorted(p.name for p in exported.iterdir()) == [
         "README.md", "classifier.ckpt", "embedding_model.ckpt", "hyperparams.yaml", "label_encoder.ckpt",
-        "lap_export.json", "training_summary.json"]
+        "lap_export.json", "trained_with.ckpt", "training_summary.json"]
     model = EncoderClassifier.from_hparams(source=str(exported))
     wavs, lens = batch()
     with torch.no_grad():

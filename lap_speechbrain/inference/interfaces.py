@@ -14,7 +14,7 @@ from speechbrain.inference.speaker import SpeakerRecognition
 from speechbrain.utils.fetching import FetchConfig
 
 from lap_speechbrain.data.audio import NonFiniteError, check_finite
-from lap_speechbrain.fileio import atomic_write_json
+from lap_speechbrain.fileio import atomic_write_json, remove_stale_temporaries
 from lap_speechbrain.inference.audio import load_audio
 from lap_speechbrain.scoring.embeddings import chunk_waveform
 
@@ -44,12 +44,26 @@ class LAPSpeakerRecognition(SpeakerRecognition):
       at a time, so memory does not grow with the file's length.
     - ``encode_batch(normalize=True)`` refuses a model that stores no
       training-set mean (SpeechBrain would return the raw embeddings).
+    - A ``hyperparams.yaml`` that no longer matches the weights' record
+      (``trained_with.ckpt``) is refused while loading
+      (:func:`~lap_speechbrain.inference.modules.check_training_record`); a
+      folder exported before the record existed loads with a logged warning.
     - NaN or infinite audio is refused with :class:`NonFiniteError` naming
       the file (or the row of a batch), and so is a non-finite embedding or
       score: no NaN score ever decides "different speakers".
     """
 
     HPARAMS_NEEDED = ["verification_threshold", "sample_rate", "min_audio_samples", "max_chunk_seconds"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.hparams, "trained_with", None) is None:
+            # Exported before the record existed: loadable, but nothing checks its yaml.
+            logger.warning(
+                "this model has no trained_with record (exported by an earlier lap-speechbrain): its "
+                "hyperparams.yaml cannot be checked against its weights; `lap-speechbrain export FOLDER NEW_FOLDER` "
+                "adds the record"
+            )
 
     @property
     def threshold(self) -> float:
@@ -336,6 +350,8 @@ def claim_savedir(savedir: PathLike, source: str) -> Path:
     marker = savedir / SAVEDIR_MARKER
     if savedir.exists() and not savedir.is_dir():
         raise ValueError(f"savedir {savedir} is a file, not a folder")
+    # A load killed while marking the folder left the marker's temporary, and nothing else.
+    remove_stale_temporaries(savedir, [SAVEDIR_MARKER], existing=False)
     if savedir.is_dir() and any(savedir.iterdir()) and not marker.is_file():
         raise ValueError(
             f"savedir {savedir} is not empty and was not made by load_encoder: its files would be "

@@ -15,7 +15,8 @@
   Entries are keyed by the audio's identity: its resolved path, size and
   modification time (:func:`audio_identity`), so another data folder, a
   replaced file or a touched file is embedded again, never served from an
-  older entry. ``cache_dir/meta.json`` records what the cache was made with
+  older entry. The temporary of a shard whose write was killed is removed
+  by the next run. ``cache_dir/meta.json`` records what the cache was made with
   (a caller's model key, the sample rate and the chunking rule); a mismatch
   is an error rather than silently mixing embeddings.
 - Chunking rule for very long files: with ``max_chunk_seconds`` set, an
@@ -50,7 +51,7 @@ from tqdm import tqdm
 
 from lap_speechbrain.data.audio import NonFiniteError, check_finite
 from lap_speechbrain.data.manifest import probe_audio
-from lap_speechbrain.fileio import atomic_open
+from lap_speechbrain.fileio import atomic_open, remove_stale_temporaries
 
 EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LoadFn = Callable[[str], torch.Tensor]
@@ -241,6 +242,9 @@ class EmbeddingCache:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         meta_path = self.folder / "meta.json"
+        self.shards = sorted(self.folder.glob("shard-*.npz"))
+        # A run killed while writing left the temporary of the shard after the last one.
+        remove_stale_temporaries(self.folder, ["meta.json", self._next_shard().name])
         if meta_path.is_file():
             with open(meta_path, encoding="utf-8") as handle:
                 existing = json.load(handle)
@@ -252,7 +256,11 @@ class EmbeddingCache:
         else:
             with atomic_open(meta_path) as handle:
                 json.dump(meta, handle, indent=2)
-        self.shards = sorted(self.folder.glob("shard-*.npz"))
+
+    def _next_shard(self) -> Path:
+        """The file of the next shard."""
+        number = int(self.shards[-1].stem.split("-")[1]) + 1 if self.shards else 0
+        return self.folder / f"shard-{number:06d}.npz"
 
     def load(self) -> Dict[str, np.ndarray]:
         """Every cached embedding: audio identity -> (E,) embedding."""
@@ -265,8 +273,7 @@ class EmbeddingCache:
 
     def write(self, identities: List[str], embeddings: np.ndarray) -> None:
         """Adds one shard of (len(identities), E) embeddings, atomically."""
-        number = int(self.shards[-1].stem.split("-")[1]) + 1 if self.shards else 0
-        path = self.folder / f"shard-{number:06d}.npz"
+        path = self._next_shard()
         with atomic_open(path, "wb") as handle:
             np.savez(
                 handle,
