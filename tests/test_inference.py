@@ -408,3 +408,36 @@ def test_a_non_finite_embedding_or_score_is_an_error_not_a_verdict(exported, tmp
         model.verify_files(first, second)
     with pytest.raises(NonFiniteError, match=r"the model's embeddings: rows \[0, 1, 2\] of the batch hold NaN"):
         model.verify_batch(*batch()[:1], *batch(seed=2)[:1])
+
+
+class Pickled:
+    """An arbitrary object in place of a state dict."""
+
+
+def test_damaged_model_folders_give_errors_naming_the_file(exported, tmp_path):
+    """Attack table (issue 14): these escaped as yaml/KeyError/unpickling tracebacks or did not name the file."""
+    from lap_speechbrain.inference.modules import CheckpointError
+
+    def damaged(name, file, write):
+        folder = tmp_path / name
+        shutil.copytree(exported, folder)
+        write(folder / file)
+        return folder
+
+    cases = [
+        (damaged("garbage", "hyperparams.yaml", lambda p: p.write_text(": : [\n")), ValueError,
+         r"garbage: its hyperparams.yaml is not valid yaml"),
+        (damaged("half", "hyperparams.yaml", lambda p: p.write_text(p.read_text()[:1500])), ValueError,
+         r"half: its hyperparams.yaml lacks the key 'pretrainer'"),
+        (damaged("cut", "embedding_model.ckpt", lambda p: p.write_bytes(p.read_bytes()[:1000])), CheckpointError,
+         r"cut/embedding_model.ckpt: not a readable state dict"),
+        (damaged("pickled", "classifier.ckpt", lambda p: torch.save(Pickled(), p)), CheckpointError,
+         r"pickled/classifier.ckpt: not a readable state dict"),
+        (damaged("classes", "classifier.ckpt", lambda p: torch.save({"weight": torch.zeros(12, 8)}, p)),
+         CheckpointError, r"classes/classifier.ckpt does not fit the model hyperparams.yaml builds"),
+    ]
+    for folder, error, message in cases:
+        with pytest.raises(error, match=message):
+            load_encoder(folder)
+    with pytest.raises(OSError, match=r"nobody/no-such-model: cannot load this hub model"):
+        load_encoder("nobody/no-such-model")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import torch
+from ruamel.yaml import YAMLError
 from speechbrain.inference.speaker import SpeakerRecognition
 from speechbrain.utils.fetching import FetchConfig
 
@@ -273,21 +274,37 @@ def load_encoder(
     FileNotFoundError
         A path that does not exist, or a folder that holds no model.
     ValueError
-        A ``savedir`` that holds files ``load_encoder`` did not put there.
+        A ``savedir`` that holds files ``load_encoder`` did not put there, a
+        ``hyperparams.yaml`` that is not valid yaml or lacks keys, a
+        checkpoint that cannot be read or does not fit, or a
+        ``hyperparams.yaml`` that differs from what the weights were trained
+        with (:class:`~lap_speechbrain.inference.modules.ModelConfigError`).
     """
     run_opts = {"device": device}
     folder = Path(source)
     if folder.is_dir():
-        return LAPSpeakerRecognition.from_hparams(source=str(model_folder(folder)), run_opts=run_opts)
+        return _from_hparams(str(model_folder(folder)), run_opts=run_opts)
     if _looks_like_a_path(str(source)):
         raise FileNotFoundError(f"{source}: no such model folder (and not a hub id 'user/repo')")
-    if savedir is None:
-        return LAPSpeakerRecognition.from_hparams(source=str(source), run_opts=run_opts)
-    savedir = claim_savedir(savedir, str(source))
-    # overwrite: re-link every file, so the folder never serves files of another model.
-    return LAPSpeakerRecognition.from_hparams(
-        source=str(source), savedir=str(savedir), run_opts=run_opts, fetch_config=FetchConfig(overwrite=True)
-    )
+    try:
+        if savedir is None:
+            return _from_hparams(str(source), run_opts=run_opts)
+        savedir = claim_savedir(savedir, str(source))
+        # overwrite: re-link every file, so the folder never serves files of another model.
+        return _from_hparams(
+            str(source), savedir=str(savedir), run_opts=run_opts, fetch_config=FetchConfig(overwrite=True)
+        )
+    except OSError as error:  # huggingface_hub's errors do not say which model they were fetching
+        raise type(error)(f"{source}: cannot load this hub model: {error}") from error
+
+
+def _from_hparams(source: str, **kwargs) -> LAPSpeakerRecognition:
+    """``LAPSpeakerRecognition.from_hparams``, with an error naming a damaged ``hyperparams.yaml``."""
+    try:
+        return LAPSpeakerRecognition.from_hparams(source=source, **kwargs)
+    except (YAMLError, KeyError) as error:  # unparsable, or cut short (e.g. no `pretrainer`)
+        detail = f"lacks the key {error}" if isinstance(error, KeyError) else f"is not valid yaml: {error}"
+        raise ValueError(f"{source}: its hyperparams.yaml {detail}") from error
 
 
 def model_folder(folder: PathLike) -> Path:

@@ -94,12 +94,17 @@ class EmbeddingMeanSubtraction(nn.Module):
         return embeddings - self.mean.to(embeddings.dtype)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit its module; the message names it."""
+
+
 def load_state_dict_strict(module: nn.Module, path: Union[str, Path]) -> None:
     """Pretrainer hook: weights-only, strict loading of a module's state dict.
 
     SpeechBrain's default transfer hook loads non-strictly and only logs
     missing keys, so a mismatched checkpoint would leave random weights; this
-    hook fails instead, and never unpickles arbitrary objects.
+    hook fails instead (:class:`CheckpointError` naming the file), and never
+    unpickles arbitrary objects.
 
     Arguments
     ---------
@@ -111,8 +116,14 @@ def load_state_dict_strict(module: nn.Module, path: Union[str, Path]) -> None:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state_dict, strict=True)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated (RuntimeError), or pickled objects (UnpicklingError)
+        raise CheckpointError(f"{path}: not a readable state dict of tensors ({error})") from error
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path} does not fit the model hyperparams.yaml builds: {error}") from error
 
 
 def load_label_encoder(
