@@ -162,7 +162,7 @@ def run_embed(args: argparse.Namespace) -> None:
 
     import torch
 
-    from lap_speechbrain.fileio import atomic_open, remove_stale_temporaries
+    from lap_speechbrain.fileio import atomic_open, remove_stale_temporaries, reporting_full_disk
     from lap_speechbrain.inference import load_audio
     from lap_speechbrain.scoring.embeddings import extract_embeddings
 
@@ -191,7 +191,7 @@ def run_embed(args: argparse.Namespace) -> None:
     )
     out = Path(args.out)
     remove_stale_temporaries(out.parent, [out.name], existing=False)  # what a killed earlier run left
-    with atomic_open(out, "wb") as file:
+    with reporting_full_disk(out), atomic_open(out, "wb") as file:
         torch.save({"paths": [str(p) for p in files], "embeddings": torch.from_numpy(table.embeddings)}, file)
     print(f"{len(files)} embeddings of size {table.embeddings.shape[1]} -> {out}")
 

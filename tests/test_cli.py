@@ -235,6 +235,20 @@ def test_non_finite_audio_is_an_error_not_a_verdict(exported, tmp_path, capsys):
     assert "inf.wav: 1 of 8000 samples are NaN or infinite" in capsys.readouterr().err
 
 
+def test_embed_onto_a_full_disk_names_the_output_and_leaves_nothing(exported, tmp_path, capsys, monkeypatch):
+    good, _ = write_voices(tmp_path / "audio")
+
+    def full(*args, **kwargs):
+        raise RuntimeError("basic_ios::clear: iostream error")  # what torch.save says on a full disk
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr("lap_speechbrain.fileio.free_bytes", lambda path: 0)
+    (tmp_path / "out").mkdir()
+    assert main(["embed", str(good), "--model", str(exported), "--out", str(tmp_path / "out" / "e.pt")]) == 1
+    assert f"no space left on {tmp_path / 'out' / 'e.pt'}" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_export_refuses_a_non_empty_folder(training_output, exported, capsys):
     assert main(["export", str(training_output), str(exported)]) == 1
     assert "is not empty" in capsys.readouterr().err

@@ -507,3 +507,18 @@ export_model("run/model", parts["ssl_config"], parts["backend"], parts["embeddin
 assert main(["export", "run", "exported"]) == 0
 assert main(["verify", "a.wav", "a.wav", "--model", "exported"]) == 0
 """
+
+
+def test_a_full_disk_during_export_is_named_and_leaves_nothing(exported, tmp_path, monkeypatch):
+    """Attack table (issue 14): a full disk surfaced as a raw OSError/RuntimeError without the destination."""
+    import errno
+
+    from lap_speechbrain.fileio import NoSpaceLeftError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("lap_speechbrain.export.folder.shutil.copyfile", full)
+    with pytest.raises(NoSpaceLeftError, match=rf"no space left on {re.escape(str(tmp_path / 'copy'))}"):
+        export_training_output(exported, tmp_path / "copy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["train_out"])

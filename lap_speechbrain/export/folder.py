@@ -45,7 +45,13 @@ from transformers import AutoConfig
 
 from lap_speechbrain import __version__
 from lap_speechbrain.export.card import model_card
-from lap_speechbrain.fileio import atomic_write, overlaps, remove_stale_temporaries, sha256_file
+from lap_speechbrain.fileio import (
+    atomic_write,
+    overlaps,
+    remove_stale_temporaries,
+    reporting_full_disk,
+    sha256_file,
+)
 from lap_speechbrain.inference.audio import SSL_RECEPTIVE_FIELD
 from lap_speechbrain.inference.interfaces import TRAINED_MODEL_FOLDER
 from lap_speechbrain.inference.modules import RECORDED_SETTINGS, training_record
@@ -376,7 +382,8 @@ def export_model(
         _finish(folder, out_dir, values, results, training_summary, card, source)
 
     remove_leftovers(out_dir)
-    atomic_write(out_dir, write)
+    with reporting_full_disk(out_dir):
+        atomic_write(out_dir, write)
     return out_dir
 
 
@@ -465,7 +472,8 @@ def export_training_output(
                 summary, settings, identity)
 
     remove_leftovers(out_dir)
-    atomic_write(out_dir, write)
+    with reporting_full_disk(out_dir):
+        atomic_write(out_dir, write)
     return out_dir
 
 
