@@ -99,6 +99,8 @@ def classify(expect_ok: bool, rc: Optional[int], out: str, err: str, names: str,
     With ``script`` (a recipe), a traceback that ends in one of
     :data:`DOCUMENTED_ERRORS` whose message names ``names`` is a clear error.
     """
+    if script and not err.strip():
+        err = out  # SpeechBrain's excepthook logs a recipe's traceback to stdout
     message = (err.strip().splitlines() or [""])[-1]
     if rc is None:
         return "hang", "no answer"
@@ -278,8 +280,10 @@ def run_audio(table: Table, models: Dict[str, Path], work: Path, timeout: float)
             # A leading dash needs "--" before the paths, as with every command-line tool.
             argv = ["verify", "--model", str(model), "--", str(good), str(path)] if path.name.startswith("-") \
                 else ["verify", str(good), str(path), "--model", str(model)]
+            started = time.monotonic()
             rc, out, err = in_process(lambda: main(argv), timeout)
-            table.add("bad audio", f"{kind}: {name}", *classify(ok, rc, out, err, names))
+            outcome, note = classify(ok, rc, out, err, names)
+            table.add("bad audio", f"{kind}: {name}", outcome, f"{time.monotonic() - started:.0f} s; {note}")
         # The batch entry point: a folder with one NaN file among good ones.
         batch = work / f"batch_{kind}"
         batch.mkdir()

@@ -25,7 +25,7 @@ import sys
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
-from lap_speechbrain.fileio import FolderLock
+from lap_speechbrain.fileio import FolderLock, reporting_full_disk
 from lap_speechbrain.inference import load_audio, load_encoder
 from lap_speechbrain.scoring import (
     encoder_embedding_fn,
@@ -41,7 +41,8 @@ def main(argv):
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     # One run per output folder: a second one stops here, before writing anything.
-    with FolderLock(hparams["output_folder"]):
+    # A full disk is named as such, with the folder (SpeechBrain's writes say neither).
+    with FolderLock(hparams["output_folder"]), reporting_full_disk(hparams["output_folder"]):
         score(hparams, hparams_file, overrides, run_opts)
 
 

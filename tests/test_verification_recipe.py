@@ -660,3 +660,22 @@ def test_a_second_run_on_an_output_folder_in_use_stops_at_once(corpus, tmp_path)
                 f"--data_folder={corpus / 'wav'}", f"--trials_folder={corpus}", f"--output_folder={output}",
             ])
     assert sorted(path.name for path in output.iterdir()) == [".lock"]
+
+
+def test_a_full_disk_names_the_output_folder(corpus, tmp_path, monkeypatch):
+    """Attack table (issue 14): SpeechBrain's own writes said only "[Errno 28] No space left on device"."""
+    import errno
+
+    from lap_speechbrain.fileio import NoSpaceLeftError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    recipe = load_recipe()
+    monkeypatch.setattr(recipe.sb, "create_experiment_directory", full)
+    output = tmp_path / "out"
+    with pytest.raises(NoSpaceLeftError, match=rf"no space left on {re.escape(str(output))}"):
+        recipe.main([
+            str(ROOT / "hparams" / "verification.yaml"), "--model=never/loaded",
+            f"--data_folder={corpus / 'wav'}", f"--trials_folder={corpus}", f"--output_folder={output}",
+        ])
