@@ -172,7 +172,7 @@ def run_embed(args: argparse.Namespace) -> None:
 
     import torch
 
-    from lap_speechbrain.fileio import atomic_open
+    from lap_speechbrain.fileio import atomic_open, remove_stale_temporaries, reporting_full_disk
     from lap_speechbrain.inference import load_audio
     from lap_speechbrain.scoring.embeddings import extract_embeddings
 
@@ -202,7 +202,8 @@ def run_embed(args: argparse.Namespace) -> None:
         progress=PROGRESS[args.progress],
     )
     out = Path(args.out)
-    with atomic_open(out, "wb") as file:
+    remove_stale_temporaries(out.parent, [out.name], existing=False)  # what a killed earlier run left
+    with reporting_full_disk(out), atomic_open(out, "wb") as file:
         torch.save({"paths": [str(p) for p in files], "embeddings": torch.from_numpy(table.embeddings)}, file)
     print(f"{len(files)} embeddings of size {table.embeddings.shape[1]} -> {out}")
 

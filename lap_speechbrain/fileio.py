@@ -9,6 +9,7 @@ Authors
 """
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -53,6 +54,8 @@ def atomic_open(path: PathLike, mode: str = "w") -> Iterator:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Held until the file is closed (or the process dies): marks the temporary as in use.
+    fcntl.flock(handle, fcntl.LOCK_EX)
     ordinary_permissions(temp)
     try:
         encoding = None if "b" in mode else "utf-8"
@@ -95,15 +98,42 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any]) -> Path:
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     staged = temporary / path.name
     try:
-        write(staged)
-        if path.is_dir():
-            # A folder cannot be replaced in one rename: move the old one aside first.
-            old = temporary / (path.name + ".old")
-            os.rename(path, old)
-        os.replace(staged, path)
+        with _in_use(temporary):
+            write(staged)
+            if path.is_dir():
+                # A folder cannot be replaced in one rename: move the old one aside first.
+                old = temporary / (path.name + ".old")
+                os.rename(path, old)
+            os.replace(staged, path)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return path
+
+
+@contextmanager
+def _in_use(temporary: Path) -> Iterator[None]:
+    """Holds an flock on a temporary folder: :func:`remove_stale_temporaries` leaves it alone."""
+    handle = os.open(temporary, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def _unused(path: Path) -> bool:
+    """Whether no live process holds the flock of an atomic write's temporary."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:  # gone meanwhile, or unreadable: leave it
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(handle)
+    return True
 
 
 def atomic_write_json(path: PathLike, data: Any) -> Path:
@@ -147,8 +177,6 @@ class FolderLock:
 
     def acquire(self) -> "FolderLock":
         """Takes the lock or raises :class:`FolderInUseError`; returns self."""
-        import fcntl
-
         self.folder.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+", encoding="utf-8")
         try:
@@ -186,15 +214,18 @@ class FolderLock:
 _TEMPORARY = r"\.{name}\.(?:old\.)?[a-z0-9_]{{8}}(?:\.tmp)?"
 
 
-def remove_stale_temporaries(folder: PathLike, names: Sequence[str] = ()) -> List[Path]:
+def remove_stale_temporaries(folder: PathLike, names: Sequence[str] = (), existing: bool = True) -> List[Path]:
     """Removes what interrupted atomic writes left in ``folder``; returns what it removed.
 
     A process killed inside :func:`atomic_write`, :func:`atomic_open` or an
     export leaves a hidden ``.<name>.<random>`` staging folder (for a model,
-    about 1.2 GB with WavLM Large) or a ``.<name>.old.<random>`` copy. Only
-    entries of exactly that form are removed, and only for a ``<name>`` that
-    exists in ``folder`` or is in ``names``; nothing else is touched. Call it
-    only while holding the folder's :class:`FolderLock`.
+    about 1.2 GB with WavLM Large), a ``.<name>.<random>.tmp`` file or a
+    ``.<name>.old.<random>`` copy. Only entries of exactly that form are
+    removed, only for a ``<name>`` that is in ``names`` or (with
+    ``existing``) exists in ``folder``, and only when no live process holds them: the atomic writes
+    keep an flock on their temporary while they write, and the operating
+    system drops it when the writer dies, so a concurrent write in progress
+    is never removed. Nothing else is touched.
 
     Arguments
     ---------
@@ -203,6 +234,9 @@ def remove_stale_temporaries(folder: PathLike, names: Sequence[str] = ()) -> Lis
     names : sequence of str
         Further target names whose temporaries to remove (targets a killed
         run had not written yet).
+    existing : bool
+        Also the names of the entries of ``folder``; False in a folder the
+        caller does not own (e.g. the one that holds an ``--out`` file).
 
     Returns
     -------
@@ -218,11 +252,13 @@ def remove_stale_temporaries(folder: PathLike, names: Sequence[str] = ()) -> Lis
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    targets = {path.name for path in folder.iterdir() if not path.name.startswith(".")} | set(names)
+    targets = set(names)
+    if existing:
+        targets |= {path.name for path in folder.iterdir() if not path.name.startswith(".")}
     patterns = [re.compile(_TEMPORARY.format(name=re.escape(name))) for name in sorted(targets)]
     removed = []
     for path in sorted(folder.iterdir()):
-        if not any(pattern.fullmatch(path.name) for pattern in patterns):
+        if not any(pattern.fullmatch(path.name) for pattern in patterns) or not _unused(path):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

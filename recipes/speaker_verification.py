@@ -31,7 +31,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
-from lap_speechbrain.fileio import FolderLock
+from lap_speechbrain.fileio import FolderLock, reporting_full_disk
 from lap_speechbrain.inference import load_audio, load_encoder
 from lap_speechbrain.known_warnings import filter_known_warnings
 from lap_speechbrain.scoring import (
@@ -51,7 +51,8 @@ def main(argv):
     # One run per output folder: a second one stops here, before writing anything.
     # The main process holds the lock for all processes of a torchrun group.
     lock = FolderLock(hparams["output_folder"]) if if_main_process() else contextlib.nullcontext()
-    with lock:
+    # A full disk is named as such, with the folder (SpeechBrain's writes say neither).
+    with lock, reporting_full_disk(hparams["output_folder"]):
         score(hparams, hparams_file, overrides, run_opts)
 
 

@@ -1,6 +1,7 @@
 """The ``lap-speechbrain`` command: every subcommand and its errors, offline."""
 
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -13,12 +14,14 @@ import soundfile as sf
 import torch
 from conftest import write_voices
 from test_export import FakeApi, reference_state
+from test_fileio import kill_mid_write
 from test_inference import (
     BACKEND,
     SPEAKERS,
     randomize_,
     seed_hub_cache,
     snapshot,
+    write_non_finite,
     write_training_output,
 )
 from transformers import WavLMModel
@@ -224,6 +227,41 @@ def test_bad_inputs_give_errors_naming_them(exported, tmp_path, capsys):
     assert "no such model folder" in capsys.readouterr().err
 
 
+def test_non_finite_audio_is_an_error_not_a_verdict(exported, tmp_path, capsys):
+    """Issue 14: `verify` on a NaN wav printed "score nan ... different speakers" and exited 0."""
+    good, _ = write_voices(tmp_path / "audio")
+    for name, path in write_non_finite(tmp_path / "bad").items():
+        assert main(["verify", str(good), str(path), "--model", str(exported)]) == 1
+        captured = capsys.readouterr()
+        assert "score" not in captured.out
+        assert f"{name}.wav: 1 of 8000 samples are NaN or infinite" in captured.err
+    # A killed earlier embed left its temporary: the next run removes it.
+    orphan = kill_mid_write(tmp_path / "e.pt")
+    assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out", str(tmp_path / "e.pt")]) == 0
+    assert not orphan.exists() and (tmp_path / "e.pt").is_file()
+    shutil.copyfile(tmp_path / "bad" / "inf.wav", tmp_path / "audio" / "inf.wav")
+    assert main(["embed", str(tmp_path / "audio"), "--model", str(exported), "--out", str(tmp_path / "n.pt")]) == 1
+    assert "inf.wav: 1 of 8000 samples are NaN or infinite" in capsys.readouterr().err
+    assert not (tmp_path / "n.pt").exists()  # no file of embeddings with a NaN row
+    assert main(["plot-attention", str(tmp_path / "audio" / "inf.wav"), "--model", str(exported),
+                 "--out", str(tmp_path / "lap.png")]) == 1
+    assert "inf.wav: 1 of 8000 samples are NaN or infinite" in capsys.readouterr().err
+
+
+def test_embed_onto_a_full_disk_names_the_output_and_leaves_nothing(exported, tmp_path, capsys, monkeypatch):
+    good, _ = write_voices(tmp_path / "audio")
+
+    def full(*args, **kwargs):
+        raise RuntimeError("basic_ios::clear: iostream error")  # what torch.save says on a full disk
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr("lap_speechbrain.fileio.free_bytes", lambda path: 0)
+    (tmp_path / "out").mkdir()
+    assert main(["embed", str(good), "--model", str(exported), "--out", str(tmp_path / "out" / "e.pt")]) == 1
+    assert f"no space left on {tmp_path / 'out' / 'e.pt'}" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_export_refuses_a_non_empty_folder(training_output, exported, capsys):
     assert main(["export", str(training_output), str(exported)]) == 1
     assert "is not empty" in capsys.readouterr().err
@@ -233,7 +271,8 @@ def test_export_refuses_a_non_empty_folder(training_output, exported, capsys):
 def test_push_dry_run_and_upload(exported, capsys, monkeypatch):
     assert main(["push", str(exported), "me/lap-tiny", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "embedding_model.ckpt" in out and "would upload 8 files" in out and "lap_export.json" not in out
+    assert "embedding_model.ckpt" in out and "trained_with.ckpt" in out and "would upload 9 files" in out
+    assert "lap_export.json" not in out
     assert "custom_interface.py" in out and "hyperparams_standalone.yaml" in out  # loading without the package
 
     api = FakeApi()

@@ -29,6 +29,7 @@ from test_inference import (
     snapshot,
     write_training_output,
 )
+from test_fileio import kill_mid_write
 from test_lobes import (
     LAP,
     SPK,
@@ -41,10 +42,12 @@ from transformers import WavLMConfig, WavLMModel
 
 from lap_speechbrain.export.folder import (
     EXPORT_MARKER,
+    RECORD_FILE,
     ExportError,
     export_model,
     export_reference,
     export_training_output,
+    fill_template,
     read_marker,
 )
 from lap_speechbrain.export.hub import push_to_hub
@@ -55,6 +58,7 @@ from lap_speechbrain.export.reference import (
     from_reference,
 )
 from lap_speechbrain.inference import LAPSpeakerRecognition
+from lap_speechbrain.inference.modules import ModelConfigError
 from lap_speechbrain.lobes import LAPSpeakerBackend, build_backend
 from lap_speechbrain.nnet import SubCenterClassifier
 
@@ -378,6 +382,70 @@ def test_training_output_copy_keeps_the_model_and_threshold(training_output, tmp
     assert read_marker(again)["fingerprint"] != copied["fingerprint"]
 
 
+def strip_record(folder):
+    """Makes ``folder`` look exported before trained_with.ckpt existed (yaml, record and marker)."""
+    lines = (folder / "hyperparams.yaml").read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("trained_with:"))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
+    kept = [line for line in lines[:start] + lines[end:] if "trained_with" not in line]
+    (folder / "hyperparams.yaml").write_text("".join(kept))
+    (folder / RECORD_FILE).unlink()
+    marker = json.loads((folder / EXPORT_MARKER).read_text())
+    del marker["files"][RECORD_FILE]
+    (folder / EXPORT_MARKER).write_text(json.dumps(marker))
+
+
+def test_loading_refuses_a_yaml_edited_away_from_the_weights(exported, tmp_path):
+    """Issue 14: an edited layer_pooling or min_audio_samples loaded a model it was not trained as."""
+    record = json.loads((exported / RECORD_FILE).read_text())
+    assert record["backend"] == {**record["backend"], **BACKEND}
+    assert record["settings"] == {"sample_rate": 16000, "min_audio_samples": 400}
+    LAPSpeakerRecognition.from_hparams(source=str(exported))  # unedited: loads
+    hyperparams = exported / "hyperparams.yaml"
+    original = hyperparams.read_text()
+    edits = {
+        "layer_pooling": ("mean", r"layer_pooling: trained with 'max', hyperparams.yaml has 'mean'"),
+        "min_audio_samples": (0, r"min_audio_samples: trained with 400, hyperparams.yaml has 0"),
+        "lap_dropout": (0.3, r"lap_dropout: trained with 0.1, hyperparams.yaml has 0.3"),
+    }
+    for key, (value, message) in edits.items():
+        hyperparams.write_text(fill_template(original, {key: value}))
+        for load in (LAPSpeakerRecognition.from_hparams, EncoderClassifier.from_hparams):
+            with pytest.raises(ModelConfigError, match=message):
+                load(source=str(exported))
+    assert original.count("    layer_norm_eps: 1.0e-05\n") == 1
+    hyperparams.write_text(original.replace("    layer_norm_eps: 1.0e-05\n", "    layer_norm_eps: 0.001\n"))
+    with pytest.raises(ModelConfigError, match=r"ssl_config \(SHA-256\): trained with '[0-9a-f]{64}'"):
+        LAPSpeakerRecognition.from_hparams(source=str(exported))
+    hyperparams.write_text(original)
+    # An export is checked the same way before it lands; a killed earlier export's staging folder goes.
+    orphan = kill_mid_write(tmp_path / "copy", "folder")
+    LAPSpeakerRecognition.from_hparams(source=str(export_training_output(exported, tmp_path / "copy")))
+    assert not orphan.exists()
+
+
+def test_a_folder_exported_before_the_record_loads_with_a_warning_and_re_export_adds_it(
+    exported, tmp_path, caplog
+):
+    strip_record(exported)
+    with caplog.at_level("WARNING"):
+        model = LAPSpeakerRecognition.from_hparams(source=str(exported))
+    assert "has no trained_with record" in caplog.text and "lap-speechbrain export" in caplog.text
+    wavs, lens = batch()
+    old = model.encode_batch(wavs, lens)
+    again = export_training_output(exported, tmp_path / "again")
+    assert (again / RECORD_FILE).is_file()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        upgraded = LAPSpeakerRecognition.from_hparams(source=str(again))
+    assert "has no trained_with record" not in caplog.text
+    assert torch.equal(upgraded.encode_batch(wavs, lens), old)  # the same model
+    hyperparams = again / "hyperparams.yaml"
+    hyperparams.write_text(fill_template(hyperparams.read_text(), {"layer_pooling": "mean"}))
+    with pytest.raises(ModelConfigError, match="layer_pooling: trained with 'max'"):
+        LAPSpeakerRecognition.from_hparams(source=str(again))
+
+
 def test_export_model_requires_a_threshold():
     assert inspect.signature(export_model).parameters["threshold"].default is inspect.Parameter.empty
 
@@ -665,3 +733,18 @@ def test_a_folder_exported_before_the_backend_keys_still_loads_as_lap_astp(expor
     wavs, lens = batch(seed=2)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_batch(wavs, lens), encoder(wavs, lens), rtol=1e-4, atol=1e-5)
+
+
+def test_a_full_disk_during_export_is_named_and_leaves_nothing(exported, tmp_path, monkeypatch):
+    """Attack table (issue 14): a full disk surfaced as a raw OSError/RuntimeError without the destination."""
+    import errno
+
+    from lap_speechbrain.fileio import NoSpaceLeftError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("lap_speechbrain.export.folder.shutil.copyfile", full)
+    with pytest.raises(NoSpaceLeftError, match=rf"no space left on {re.escape(str(tmp_path / 'copy'))}"):
+        export_training_output(exported, tmp_path / "copy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["train_out"])

@@ -72,6 +72,59 @@ def test_what_a_killed_atomic_write_leaves_matches_the_pattern(tmp_path, monkeyp
     assert remove_stale_temporaries(tmp_path, ["model"]) == [leftover]
 
 
+# Writes argv[1] atomically (argv[2]: "file" or "folder"), says so, and waits to be killed mid-write.
+WRITE_AND_WAIT = """
+import sys, time
+from pathlib import Path
+from lap_speechbrain.fileio import atomic_open, atomic_write
+def wait(*_):
+    print("writing", flush=True)
+    time.sleep(600)
+if sys.argv[2] == "file":
+    with atomic_open(sys.argv[1], "wb") as handle:
+        handle.write(b"half")
+        wait()
+else:
+    atomic_write(sys.argv[1], lambda tmp: (tmp.mkdir(), (tmp / "weights").write_bytes(b"half"), wait()))
+"""
+
+
+def start_write(path, kind: str = "file") -> subprocess.Popen:
+    """A process in the middle of an atomic write of ``path`` (its temporary exists and is locked)."""
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_AND_WAIT, str(path), kind],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    return writer
+
+
+def kill_mid_write(path, kind: str = "file"):
+    """What ``kill -9`` during an atomic write of ``path`` leaves: returns the orphan temporary."""
+    writer = start_write(path, kind)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    (orphan,) = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+    return orphan
+
+
+def test_temporaries_of_live_writers_are_kept_and_those_of_killed_ones_removed(tmp_path):
+    for kind in ("file", "folder"):
+        writer = start_write(tmp_path / f"{kind}.out", kind)
+        try:
+            (busy,) = [p for p in tmp_path.iterdir() if p.name.startswith(f".{kind}.out.")]
+            assert remove_stale_temporaries(tmp_path, [f"{kind}.out"]) == []  # in use: kept
+            assert busy.exists()
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait()
+        assert remove_stale_temporaries(tmp_path, [f"{kind}.out"]) == [busy]  # its writer died
+    # Only given names in a folder the caller does not own.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / ".notes.a1b2c3d4").mkdir()
+    orphan = kill_mid_write(tmp_path / "e.pt")
+    assert remove_stale_temporaries(tmp_path, ["e.pt"], existing=False) == [orphan]
+    assert (tmp_path / ".notes.a1b2c3d4").is_dir()
+
+
 def test_a_full_disk_is_named(tmp_path, monkeypatch):
     with pytest.raises(NoSpaceLeftError, match="no space left on /dev/full") as caught:
         with reporting_full_disk("/dev/full"), open("/dev/full", "wb") as sink:

@@ -122,7 +122,8 @@ def test_exported_folder_gives_the_training_embeddings(trained, exported):
     encoder, _ = trained
     assert sorted(p.name for p in exported.iterdir()) == [
         "README.md", "classifier.ckpt", "custom_interface.py", "embedding_model.ckpt", "hyperparams.yaml",
-        "hyperparams_standalone.yaml", "label_encoder.ckpt", "lap_export.json", "training_summary.json"]
+        "hyperparams_standalone.yaml", "label_encoder.ckpt", "lap_export.json", "trained_with.ckpt",
+        "training_summary.json"]
     model = EncoderClassifier.from_hparams(source=str(exported))
     wavs, lens = batch()
     with torch.no_grad():
@@ -344,3 +345,91 @@ def test_implausible_header_sample_rates_are_refused(tmp_path):
         load_audio(tmp_path / "odd.wav")
     sf.write(tmp_path / "cd.wav", np.zeros(44100, dtype=np.int16), 44100)
     assert load_audio(tmp_path / "cd.wav").shape == (16000,)
+
+
+def write_non_finite(folder: Path) -> dict:
+    """Float wavs holding a NaN, an inf and a -inf sample, by name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, value in (("nan", np.nan), ("inf", np.inf), ("minus_inf", -np.inf)):
+        samples = (np.random.default_rng(0).standard_normal(8000) * 0.1).astype(np.float32)
+        samples[1234] = value
+        paths[name] = folder / f"{name}.wav"
+        sf.write(paths[name], samples, 16000, subtype="FLOAT")
+    return paths
+
+
+def test_non_finite_audio_is_refused_at_every_entry_point(exported, tmp_path):
+    """Issue 14: NaN/inf audio gave "score nan ... different speakers"; now an error naming the file or row."""
+    from lap_speechbrain.data.audio import NonFiniteError
+
+    good, _ = write_voices(tmp_path / "audio")
+    bad = write_non_finite(tmp_path / "bad")
+    model = LAPSpeakerRecognition.from_hparams(source=str(exported))
+    for name, path in bad.items():
+        with pytest.raises(NonFiniteError, match=rf"{name}\.wav: 1 of 8000 samples are NaN or infinite"):
+            load_audio(path)
+        with pytest.raises(NonFiniteError, match=rf"{name}\.wav: 1 of 8000 samples"):
+            model.verify_files(good, path)
+        with pytest.raises(NonFiniteError, match=rf"{name}\.wav: 1 of 8000 samples"):
+            model.encode_file(path)
+    wavs, lens = batch()
+    wavs[2, 100] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"encode_batch: row \[2\] of the batch holds NaN"):
+        model.encode_batch(wavs, lens)
+    with pytest.raises(NonFiniteError, match=r"encode_batch: row \[2\] of the batch holds NaN"):
+        model.verify_batch(batch()[0], wavs)
+    # Plain SpeechBrain classes refuse it too: the exported compute_features checks.
+    plain = EncoderClassifier.from_hparams(source=str(exported))
+    with pytest.raises(NonFiniteError, match=r"encode_batch: row \[2\] of the batch holds NaN"):
+        plain.encode_batch(wavs, lens)
+    # Finite batches pass unchanged.
+    assert torch.isfinite(model.encode_batch(*batch())).all()
+
+
+def test_a_non_finite_embedding_or_score_is_an_error_not_a_verdict(exported, tmp_path, monkeypatch):
+    """Finite audio that still gives NaN (e.g. an overflow in the model): no NaN score decides anything."""
+    from lap_speechbrain.data.audio import NonFiniteError
+
+    first, second = write_voices(tmp_path / "audio")
+    model = LAPSpeakerRecognition.from_hparams(source=str(exported))
+    forward = type(model.mods.embedding_model).forward
+    monkeypatch.setattr(type(model.mods.embedding_model), "forward",
+                        lambda module, wavs, lengths=None: forward(module, wavs, lengths) * float("nan"))
+    with pytest.raises(NonFiniteError, match=r"speaker1\.wav: encode_batch: the model's embeddings: row \[0\]"):
+        model.verify_files(first, second)
+    with pytest.raises(NonFiniteError, match=r"the model's embeddings: rows \[0, 1, 2\] of the batch hold NaN"):
+        model.verify_batch(*batch()[:1], *batch(seed=2)[:1])
+
+
+class Pickled:
+    """An arbitrary object in place of a state dict."""
+
+
+def test_damaged_model_folders_give_errors_naming_the_file(exported, tmp_path):
+    """Attack table (issue 14): these escaped as yaml/KeyError/unpickling tracebacks or did not name the file."""
+    from lap_speechbrain.inference.modules import CheckpointError
+
+    def damaged(name, file, write):
+        folder = tmp_path / name
+        shutil.copytree(exported, folder)
+        write(folder / file)
+        return folder
+
+    cases = [
+        (damaged("garbage", "hyperparams.yaml", lambda p: p.write_text(": : [\n")), ValueError,
+         r"garbage: its hyperparams.yaml is not valid yaml"),
+        (damaged("half", "hyperparams.yaml", lambda p: p.write_text(p.read_text()[:1500])), ValueError,
+         r"half: its hyperparams.yaml lacks the key 'pretrainer'"),
+        (damaged("cut", "embedding_model.ckpt", lambda p: p.write_bytes(p.read_bytes()[:1000])), CheckpointError,
+         r"cut/embedding_model.ckpt: not a readable state dict"),
+        (damaged("pickled", "classifier.ckpt", lambda p: torch.save(Pickled(), p)), CheckpointError,
+         r"pickled/classifier.ckpt: not a readable state dict"),
+        (damaged("classes", "classifier.ckpt", lambda p: torch.save({"weight": torch.zeros(12, 8)}, p)),
+         CheckpointError, r"classes/classifier.ckpt does not fit the model hyperparams.yaml builds"),
+    ]
+    for folder, error, message in cases:
+        with pytest.raises(error, match=message):
+            load_encoder(folder)
+    with pytest.raises(OSError, match=r"nobody/no-such-model: cannot load this hub model"):
+        load_encoder("nobody/no-such-model")

@@ -63,6 +63,60 @@ def resampler(orig_freq: int, new_freq: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig_freq, new_freq)
 
 
+class NonFiniteError(ValueError):
+    """Audio samples (or an embedding) are NaN or infinite; the message names the file or rows."""
+
+
+def check_finite(waveform: torch.Tensor, source: Union[str, Path], what: str = "samples") -> torch.Tensor:
+    """Returns ``waveform`` if every sample is finite; the one NaN/inf check of every entry point.
+
+    A NaN or infinite sample poisons a whole embedding (a Base-type WavLM
+    normalises its first CNN layer over the whole utterance), and an
+    embedding of NaN gives a NaN score that compares false with every
+    threshold: a silent "different speakers". So every way audio enters the
+    package (training and evaluation loading, ``load_audio``, ``encode_batch``)
+    calls this.
+
+    Arguments
+    ---------
+    waveform : torch.Tensor
+        (N,) waveform of one file, or (B, N) batch.
+    source : str or Path
+        What it came from, for the message: the file, or the function that
+        received the batch.
+    what : str
+        What the values are, for the message (``"values"`` for embeddings or scores).
+
+    Returns
+    -------
+    torch.Tensor
+        ``waveform``.
+
+    Raises
+    ------
+    NonFiniteError
+        Naming ``source`` and the number of bad samples, or for a batch the rows.
+
+    Example
+    -------
+    >>> check_finite(torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]), "encode_batch")
+    Traceback (most recent call last):
+    ...
+    lap_speechbrain.data.audio.NonFiniteError: encode_batch: row [1] of the batch holds NaN or infinite samples
+    """
+    finite = torch.isfinite(waveform)
+    if bool(finite.all()):
+        return waveform
+    if waveform.ndim == 2:
+        rows = (~finite.all(dim=1)).nonzero()[:, 0].tolist()
+        raise NonFiniteError(
+            f"{source}: row{'s' if len(rows) > 1 else ''} {rows} of the batch hold{'' if len(rows) > 1 else 's'} "
+            f"NaN or infinite {what}"
+        )
+    bad = int((~finite).sum())
+    raise NonFiniteError(f"{source}: {bad} of {waveform.numel()} {what} are NaN or infinite")
+
+
 def read_audio(
     path: Union[str, Path],
     sample_rate: int,
@@ -96,7 +150,8 @@ def read_audio(
     Raises
     ------
     ValueError
-        Naming the file: it cannot be read, or holds NaN or inf samples.
+        Naming the file: it cannot be read, or (:class:`NonFiniteError`) holds
+        NaN or inf samples.
 
     Example
     -------
@@ -117,9 +172,7 @@ def read_audio(
             samples = file.read(needed, dtype="float32", always_2d=True)
     except (RuntimeError, TypeError, soundfile.LibsndfileError) as error:
         raise ValueError(f"{path}: cannot read audio ({error})") from error
-    if not np.isfinite(samples).all():
-        raise ValueError(f"{path}: holds NaN or infinite samples; fix or remove the file")
-    signal = torch.from_numpy(mix_down(samples))
+    signal = check_finite(torch.from_numpy(mix_down(samples)), path)
     if rate != sample_rate:
         with torch.no_grad():
             signal = resampler(rate, sample_rate)(signal)

@@ -11,7 +11,7 @@ from typing import Union
 import soundfile as sf
 import torch
 
-from lap_speechbrain.data.audio import mix_down, resampler
+from lap_speechbrain.data.audio import check_finite, mix_down, resampler
 
 # The CNN front end of WavLM / wav2vec 2.0 / HuBERT sees 400 samples (25 ms at
 # 16 kHz) per output frame: shorter input yields no frame at all.
@@ -60,6 +60,8 @@ def load_audio(
     AudioError
         Naming the file and the reason: missing, unreadable, a sample rate out
         of ``SAMPLE_RATE_RANGE`` or too costly to resample, or too short.
+    NonFiniteError
+        Naming the file: it holds NaN or infinite samples.
 
     Example
     -------
@@ -79,7 +81,7 @@ def load_audio(
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioError(f"{path}: cannot be read as audio ({error})") from error
     # The same mono and resampling rule as training's data pipeline.
-    waveform = torch.from_numpy(mix_down(samples))
+    waveform = check_finite(torch.from_numpy(mix_down(samples)), path)
     if sample_rate != target_sample_rate:
         waveform = resampler(sample_rate, target_sample_rate)(waveform)
     if waveform.numel() < min_samples:

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import torch
+from ruamel.yaml import YAMLError
 from speechbrain.inference.speaker import SpeakerRecognition
 from speechbrain.utils.fetching import FetchConfig
 
-from lap_speechbrain.fileio import atomic_write_json
+from lap_speechbrain.data.audio import NonFiniteError, check_finite
+from lap_speechbrain.fileio import atomic_write_json, remove_stale_temporaries
 from lap_speechbrain.inference.audio import load_audio
 from lap_speechbrain.scoring.embeddings import chunk_waveform
 
@@ -43,9 +45,26 @@ class LAPSpeakerRecognition(SpeakerRecognition):
       at a time, so memory does not grow with the file's length.
     - ``encode_batch(normalize=True)`` refuses a model that stores no
       training-set mean (SpeechBrain would return the raw embeddings).
+    - A ``hyperparams.yaml`` that no longer matches the weights' record
+      (``trained_with.ckpt``) is refused while loading
+      (:func:`~lap_speechbrain.inference.modules.check_training_record`); a
+      folder exported before the record existed loads with a logged warning.
+    - NaN or infinite audio is refused with :class:`NonFiniteError` naming
+      the file (or the row of a batch), and so is a non-finite embedding or
+      score: no NaN score ever decides "different speakers".
     """
 
     HPARAMS_NEEDED = ["verification_threshold", "sample_rate", "min_audio_samples", "max_chunk_seconds"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.hparams, "trained_with", None) is None:
+            # Exported before the record existed: loadable, but nothing checks its yaml.
+            logger.warning(
+                "this model has no trained_with record (exported by an earlier lap-speechbrain): its "
+                "hyperparams.yaml cannot be checked against its weights; `lap-speechbrain export FOLDER NEW_FOLDER` "
+                "adds the record"
+            )
 
     @property
     def threshold(self) -> float:
@@ -89,9 +108,17 @@ class LAPSpeakerRecognition(SpeakerRecognition):
         -------
         torch.Tensor
             (B, 1, E) embeddings.
+
+        Raises
+        ------
+        NonFiniteError
+            Naming the rows with NaN or infinite samples or embeddings.
         """
         self._check_normalize(normalize)
-        return super().encode_batch(wavs, wav_lens, normalize=normalize)
+        check_finite(wavs, "encode_batch")
+        embeddings = super().encode_batch(wavs, wav_lens, normalize=normalize)
+        check_finite(embeddings.reshape(embeddings.shape[0], -1), "encode_batch: the model's embeddings", "values")
+        return embeddings
 
     def encode_waveform(self, waveform: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embedding of one utterance, in chunks if it is longer than ``max_chunk_seconds``.
@@ -146,8 +173,17 @@ class LAPSpeakerRecognition(SpeakerRecognition):
         -------
         torch.Tensor
             (1, 1, E) embedding.
+
+        Raises
+        ------
+        NonFiniteError
+            Naming the file: NaN or infinite samples, or a non-finite embedding.
         """
-        return self.encode_waveform(self.load_audio(path), normalize=normalize)
+        waveform = self.load_audio(path)
+        try:
+            return self.encode_waveform(waveform, normalize=normalize)
+        except NonFiniteError as error:
+            raise NonFiniteError(f"{path}: {error}") from error
 
     def verify_batch(
         self,
@@ -177,6 +213,7 @@ class LAPSpeakerRecognition(SpeakerRecognition):
         """
         threshold = self.threshold if threshold is None else threshold
         score, _ = super().verify_batch(wavs1, wavs2, wav1_lens, wav2_lens, threshold=threshold)
+        check_finite(score.reshape(score.shape[0], -1), "verify_batch: the scores", "values")
         return score, score >= threshold
 
     def verify_files(
@@ -200,6 +237,7 @@ class LAPSpeakerRecognition(SpeakerRecognition):
         """
         threshold = self.threshold if threshold is None else threshold
         score = self.similarity(self.encode_file(path_x), self.encode_file(path_y))
+        check_finite(score.reshape(-1), f"verify_files({path_x}, {path_y}): the score", "values")
         return score[0], score[0] >= threshold
 
 
@@ -236,21 +274,37 @@ def load_encoder(
     FileNotFoundError
         A path that does not exist, or a folder that holds no model.
     ValueError
-        A ``savedir`` that holds files ``load_encoder`` did not put there.
+        A ``savedir`` that holds files ``load_encoder`` did not put there, a
+        ``hyperparams.yaml`` that is not valid yaml or lacks keys, a
+        checkpoint that cannot be read or does not fit, or a
+        ``hyperparams.yaml`` that differs from what the weights were trained
+        with (:class:`~lap_speechbrain.inference.modules.ModelConfigError`).
     """
     run_opts = {"device": device}
     folder = Path(source)
     if folder.is_dir():
-        return LAPSpeakerRecognition.from_hparams(source=str(model_folder(folder)), run_opts=run_opts)
+        return _from_hparams(str(model_folder(folder)), run_opts=run_opts)
     if _looks_like_a_path(str(source)):
         raise FileNotFoundError(f"{source}: no such model folder (and not a hub id 'user/repo')")
-    if savedir is None:
-        return LAPSpeakerRecognition.from_hparams(source=str(source), run_opts=run_opts)
-    savedir = claim_savedir(savedir, str(source))
-    # overwrite: re-link every file, so the folder never serves files of another model.
-    return LAPSpeakerRecognition.from_hparams(
-        source=str(source), savedir=str(savedir), run_opts=run_opts, fetch_config=FetchConfig(overwrite=True)
-    )
+    try:
+        if savedir is None:
+            return _from_hparams(str(source), run_opts=run_opts)
+        savedir = claim_savedir(savedir, str(source))
+        # overwrite: re-link every file, so the folder never serves files of another model.
+        return _from_hparams(
+            str(source), savedir=str(savedir), run_opts=run_opts, fetch_config=FetchConfig(overwrite=True)
+        )
+    except OSError as error:  # huggingface_hub's errors do not say which model they were fetching
+        raise type(error)(f"{source}: cannot load this hub model: {error}") from error
+
+
+def _from_hparams(source: str, **kwargs) -> LAPSpeakerRecognition:
+    """``LAPSpeakerRecognition.from_hparams``, with an error naming a damaged ``hyperparams.yaml``."""
+    try:
+        return LAPSpeakerRecognition.from_hparams(source=source, **kwargs)
+    except (YAMLError, KeyError) as error:  # unparsable, or cut short (e.g. no `pretrainer`)
+        detail = f"lacks the key {error}" if isinstance(error, KeyError) else f"is not valid yaml: {error}"
+        raise ValueError(f"{source}: its hyperparams.yaml {detail}") from error
 
 
 def model_folder(folder: PathLike) -> Path:
@@ -313,6 +367,8 @@ def claim_savedir(savedir: PathLike, source: str) -> Path:
     marker = savedir / SAVEDIR_MARKER
     if savedir.exists() and not savedir.is_dir():
         raise ValueError(f"savedir {savedir} is a file, not a folder")
+    # A load killed while marking the folder left the marker's temporary, and nothing else.
+    remove_stale_temporaries(savedir, [SAVEDIR_MARKER], existing=False)
     if savedir.is_dir() and any(savedir.iterdir()) and not marker.is_file():
         raise ValueError(
             f"savedir {savedir} is not empty and was not made by load_encoder: its files would be "

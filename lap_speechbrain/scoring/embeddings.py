@@ -15,7 +15,8 @@
   Entries are keyed by the audio's identity: its resolved path, size and
   modification time (:func:`audio_identity`), so another data folder, a
   replaced file or a touched file is embedded again, never served from an
-  older entry. ``cache_dir/meta.json`` records what the cache was made with
+  older entry. The temporary of a shard whose write was killed is removed
+  by the next run. ``cache_dir/meta.json`` records what the cache was made with
   (a caller's model key, the sample rate and the chunking rule); a mismatch
   is an error rather than silently mixing embeddings.
 - Chunking rule for very long files: with ``max_chunk_seconds`` set, an
@@ -61,8 +62,9 @@ from speechbrain.utils.distributed import ddp_barrier, run_on_main
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lap_speechbrain.data.audio import NonFiniteError, check_finite
 from lap_speechbrain.data.manifest import probe_audio
-from lap_speechbrain.fileio import atomic_open
+from lap_speechbrain.fileio import atomic_open, remove_stale_temporaries
 
 EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LoadFn = Callable[[str], torch.Tensor]
@@ -73,10 +75,6 @@ BUCKET_RATIO = 1.25
 
 class MissingAudioError(ValueError):
     """Some utterances to embed are missing or unreadable; all are listed."""
-
-
-class NonFiniteError(ValueError):
-    """Audio samples or an embedding are NaN or infinite; the message names the file."""
 
 
 @dataclass
@@ -281,6 +279,8 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.prefix = f"shard-{rank:03d}-"
         meta_path = self.folder / "meta.json"
+        # A run killed while writing left the temporary of this writer's next shard.
+        remove_stale_temporaries(self.folder, ["meta.json", self._next_shard().name])
         if meta_path.is_file():
             with open(meta_path, encoding="utf-8") as handle:
                 existing = json.load(handle)
@@ -293,6 +293,11 @@ class EmbeddingCache:
             with atomic_open(meta_path) as handle:
                 json.dump(meta, handle, indent=2)
 
+    def _next_shard(self) -> Path:
+        """The file of this writer's next shard."""
+        numbers = [int(shard.stem[len(self.prefix):]) for shard in self.folder.glob(f"{self.prefix}*.npz")]
+        return self.folder / f"{self.prefix}{max(numbers, default=-1) + 1:06d}.npz"
+
     def load(self) -> Dict[str, np.ndarray]:
         """Every cached embedding (of all writers): audio identity -> (E,) embedding."""
         cached: Dict[str, np.ndarray] = {}
@@ -304,8 +309,7 @@ class EmbeddingCache:
 
     def write(self, identities: List[str], embeddings: np.ndarray) -> None:
         """Adds one shard of (len(identities), E) embeddings, atomically."""
-        numbers = [int(shard.stem[len(self.prefix):]) for shard in self.folder.glob(f"{self.prefix}*.npz")]
-        path = self.folder / f"{self.prefix}{max(numbers, default=-1) + 1:06d}.npz"
+        path = self._next_shard()
         with atomic_open(path, "wb") as handle:
             np.savez(
                 handle,
@@ -334,11 +338,7 @@ def read_finite(path: str, load: LoadFn) -> torch.Tensor:
     NonFiniteError
         Naming the file and the number of bad samples.
     """
-    wav = load(path)
-    bad = int((~torch.isfinite(wav)).sum())
-    if bad:
-        raise NonFiniteError(f"{path}: {bad} of {wav.numel()} samples are NaN or infinite")
-    return wav
+    return check_finite(load(path), path)
 
 
 def _flush(

@@ -55,6 +55,7 @@ from speechbrain.utils.distributed import if_main_process
 
 from lap_speechbrain.data.manifest import read_csv
 from lap_speechbrain.data.trials import Trials, read_trials
+from lap_speechbrain.fileio import remove_stale_temporaries
 from lap_speechbrain.scoring.embeddings import (
     EmbeddingTable,
     EmbedFn,
@@ -423,6 +424,10 @@ def run_verification(
     plots = {name: output_folder / f"det_{file_name_part(str(name))}.png" for name in trial_lists}
     if len(set(plots.values())) < len(plots):
         raise ValueError(f"trial-list names {list(plots)} give the same DET plot file names; rename them")
+    # Temporaries of the files this function writes, left by a killed run.
+    outputs = ["results.md", "results.json", "run_info.json", "qmf_calibration.json", *(p.name for p in plots.values())]
+    for path in remove_stale_temporaries(output_folder, outputs):
+        logger.info("Removed %s, left by an interrupted run", path)
     trials: Dict[str, Trials] = {name: read_trials(path) for name, path in trial_lists.items()}
     for trial_list in trials.values():
         if len(np.unique(trial_list.labels)) < 2:

@@ -396,6 +396,31 @@ def test_rescoring_a_copy_of_the_data_embeds_it_again(corpus, tmp_path):
     assert listed["sha1"] == __import__("hashlib").sha1((corpus / "veri_test2.txt").read_bytes()).hexdigest()
 
 
+def test_temporaries_of_a_killed_run_are_removed_by_the_next(corpus, tmp_path):
+    """Issue 14: a kill during evaluation left orphan temporaries that later runs never removed."""
+    from test_fileio import kill_mid_write
+
+    trial_lists = {"O": corpus / "veri_test2.txt"}
+    clean = run_verification(spectral_embed, LOAD, "m", trial_lists, corpus / "wav", tmp_path / "clean")
+    output = tmp_path / "out"
+    (output / "model").mkdir(parents=True)  # e.g. a pretrained_savedir inside the output folder
+    (cache,) = (tmp_path / "clean" / "embeddings").iterdir()
+    shutil.copytree(cache, output / "embeddings" / cache.name)
+    for shard in (output / "embeddings" / cache.name).glob("shard-*.npz"):
+        shard.unlink()  # the kill came before the first shard landed
+    orphans = [
+        kill_mid_write(output / "results.json"),
+        kill_mid_write(output / "det_O.png"),
+        kill_mid_write(output / "model", "folder"),
+        kill_mid_write(output / "embeddings" / cache.name / "shard-000000.npz"),
+    ]
+    assert all(orphan.exists() for orphan in orphans)
+    again = run_verification(spectral_embed, LOAD, "m", trial_lists, corpus / "wav", output)
+    assert again == clean
+    assert not any(orphan.exists() for orphan in orphans)
+    assert [p.name for p in output.rglob(".*")] == []  # nothing hidden is left
+
+
 def test_trial_list_names_stay_inside_the_output_folder(corpus, tmp_path):
     """Issue 15.9: a list name is never a path."""
     output = tmp_path / "a" / "b" / "out"
@@ -681,3 +706,22 @@ def test_a_second_run_on_an_output_folder_in_use_stops_at_once(corpus, tmp_path)
                 f"--data_folder={corpus / 'wav'}", f"--trials_folder={corpus}", f"--output_folder={output}",
             ])
     assert sorted(path.name for path in output.iterdir()) == [".lock"]
+
+
+def test_a_full_disk_names_the_output_folder(corpus, tmp_path, monkeypatch):
+    """Attack table (issue 14): SpeechBrain's own writes said only "[Errno 28] No space left on device"."""
+    import errno
+
+    from lap_speechbrain.fileio import NoSpaceLeftError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    recipe = load_recipe()
+    monkeypatch.setattr(recipe.sb, "create_experiment_directory", full)
+    output = tmp_path / "out"
+    with pytest.raises(NoSpaceLeftError, match=rf"no space left on {re.escape(str(output))}"):
+        recipe.main([
+            str(ROOT / "hparams" / "verification.yaml"), "--model=never/loaded",
+            f"--data_folder={corpus / 'wav'}", f"--trials_folder={corpus}", f"--output_folder={output}",
+        ])
