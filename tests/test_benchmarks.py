@@ -5,9 +5,10 @@ import re
 import sys
 from pathlib import Path
 
-from test_lobes import single_thread  # noqa: F401 (autouse fixture)
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def load_benchmark(name):
