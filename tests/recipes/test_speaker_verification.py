@@ -332,7 +332,13 @@ def test_recipe_with_an_exported_model(corpus, encoder, exported_run, tmp_path):
 
 
 def assert_same_results(folder, expected_folder):
-    """results.json of two runs: the same lists and conditions, metrics equal to 1e-5 (other padding)."""
+    """results.json of two runs: the same lists and conditions, the same error rates, thresholds close.
+
+    The runs batch (and so pad) utterances differently, which moves embeddings
+    by float32 rounding (~1e-6); AS-Norm divides scores by cohort stds of a
+    few hundredths, so a threshold can move by ~1e-5. The rates are counts of
+    trials on either side of the threshold: they must agree exactly.
+    """
     results = json.loads((folder / "results.json").read_text())
     expected = json.loads((expected_folder / "results.json").read_text())
     assert {name: list(conditions) for name, conditions in results.items()} == {
@@ -340,7 +346,12 @@ def assert_same_results(folder, expected_folder):
     }
     for name, conditions in expected.items():
         for condition, metrics in conditions.items():
-            assert results[name][condition] == pytest.approx(metrics, rel=1e-5, abs=1e-6)
+            thresholds = {key for key in metrics if key.endswith("threshold")}
+            assert {key: value for key, value in results[name][condition].items() if key not in thresholds} == {
+                key: value for key, value in metrics.items() if key not in thresholds
+            }
+            for key in thresholds:
+                assert results[name][condition][key] == pytest.approx(metrics[key], abs=1e-4)
 
 
 def test_two_processes_under_torchrun_give_the_results_of_one(corpus, exported_run, tmp_path):
@@ -412,7 +423,7 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(corpus, tmp_path):
         kill_mid_write(output / "results.json"),
         kill_mid_write(output / "det_O.png"),
         kill_mid_write(output / "model", "folder"),
-        kill_mid_write(output / "embeddings" / cache.name / "shard-000000.npz"),
+        kill_mid_write(output / "embeddings" / cache.name / "shard-000-000000.npz"),
     ]
     assert all(orphan.exists() for orphan in orphans)
     again = run_verification(spectral_embed, LOAD, "m", trial_lists, corpus / "wav", output)
