@@ -185,8 +185,8 @@ def module_sources(roots: Sequence[str]) -> Dict[str, str]:
     Example
     -------
     >>> sorted(module_sources(["lap_speechbrain.lobes.backend"]))  # doctest: +NORMALIZE_WHITESPACE
-    ['lap_speechbrain.lobes.backend', 'lap_speechbrain.lobes.lap', 'lap_speechbrain.lobes.pooling',
-     'lap_speechbrain.nnet.sync_batchnorm']
+    ['lap_speechbrain.lobes.backend', 'lap_speechbrain.lobes.lap', 'lap_speechbrain.lobes.layer_sum',
+     'lap_speechbrain.lobes.networks', 'lap_speechbrain.lobes.pooling', 'lap_speechbrain.nnet.sync_batchnorm']
     """
     sources: Dict[str, str] = {}
     todo = list(roots)
