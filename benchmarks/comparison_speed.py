@@ -87,19 +87,6 @@ def measure(args: argparse.Namespace) -> dict:
     def autocast():
         return torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
 
-    def make_step():
-        parameters = [p for m in (encoder, classifier) for p in m.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=1e-5)
-
-        def step():
-            with autocast():
-                loss = loss_fn(classifier(encoder(wavs)), labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        return step
-
     def frozen_forward():
         training = encoder.ssl_model.training  # in stage 2 the SSL model trains; the baseline is eval
         encoder.ssl_model.eval()
@@ -109,11 +96,13 @@ def measure(args: argparse.Namespace) -> dict:
 
     encoder.train()
     classifier.train()
-    forward_s, stage1_s, ratio1 = paired_times(frozen_forward, make_step(), args.device, args.repeats, args.warmup)
+    step = training_step.training_step_fn(encoder, classifier, loss_fn, wavs, labels, autocast)
+    forward_s, stage1_s, ratio1 = paired_times(frozen_forward, step, args.device, args.repeats, args.warmup)
     memory1 = peak_memory_mb(args.device)
     encoder.set_ssl_frozen(False)
     encoder.train()
-    _, stage2_s, ratio2 = paired_times(frozen_forward, make_step(), args.device, args.repeats, args.warmup)
+    step = training_step.training_step_fn(encoder, classifier, loss_fn, wavs, labels, autocast)
+    _, stage2_s, ratio2 = paired_times(frozen_forward, step, args.device, args.repeats, args.warmup)
     return {
         "system": args.systems[0],
         "parameters": sum(p.numel() for p in encoder.backend.parameters()),

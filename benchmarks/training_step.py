@@ -141,6 +141,21 @@ def profile_stage1(encoder, classifier, loss_fn, wavs, labels, frozen_forward, a
     optimizer.zero_grad(set_to_none=True)
 
 
+def training_step_fn(encoder, classifier, loss_fn, wavs, labels, autocast):
+    """One training step (forward, loss, backward, Adam) over what currently requires grad."""
+    parameters = [p for m in (encoder, classifier) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=1e-5)
+
+    def step():
+        with autocast():
+            loss = loss_fn(classifier(encoder(wavs)), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def stage_steps(encoder, classifier, loss_fn, wavs, labels, autocast, device: str, repeats: int, warmup: int) -> dict:
     """Times a stage-1 and a stage-2 step against their floors; peak memory of each stage.
 
@@ -154,19 +169,6 @@ def stage_steps(encoder, classifier, loss_fn, wavs, labels, autocast, device: st
         the peak of each stage alone, on CPU the process's peak so far).
     """
     ssl = encoder.ssl_model
-
-    def make_step():
-        parameters = [p for m in (encoder, classifier) for p in m.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=1e-5)
-
-        def step():
-            with autocast():
-                loss = loss_fn(classifier(encoder(wavs)), labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        return step
 
     def frozen_forward():
         with torch.no_grad(), autocast():
@@ -185,7 +187,8 @@ def stage_steps(encoder, classifier, loss_fn, wavs, labels, autocast, device: st
         encoder.set_ssl_frozen(frozen)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        floor_s, step_s, ratio = paired_times(floor, make_step(), device, repeats, warmup)
+        step = training_step_fn(encoder, classifier, loss_fn, wavs, labels, autocast)
+        floor_s, step_s, ratio = paired_times(floor, step, device, repeats, warmup)
         results.update({
             ("forward" if stage == 1 else "forward_backward"): floor_s,
             f"stage{stage}": step_s, f"ratio{stage}": ratio, f"memory{stage}": peak_memory_mb(device),
