@@ -25,6 +25,7 @@ Authors
 
 import contextlib
 import functools
+import logging
 import sys
 
 import speechbrain as sb
@@ -104,4 +105,7 @@ def score(hparams: dict, hparams_file: str, overrides: str, run_opts: dict) -> N
 
 if __name__ == "__main__":
     filter_known_warnings()
+    # A log.txt that cannot be written (a full disk) must not bury the run's own error
+    # under "--- Logging error ---" tracebacks; the console still shows every record.
+    logging.raiseExceptions = False
     main(sys.argv[1:])

@@ -767,6 +767,9 @@ def finish(hparams: dict, run_opts: dict) -> None:
 
 if __name__ == "__main__":
     filter_known_warnings()
+    # A log.txt that cannot be written (a full disk) must not bury the run's own error
+    # under "--- Logging error ---" tracebacks; the console still shows every record.
+    logging.raiseExceptions = False
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     check_overrides(hparams_file, overrides)

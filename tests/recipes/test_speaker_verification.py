@@ -354,6 +354,28 @@ def assert_same_results(folder, expected_folder):
                 assert results[name][condition][key] == pytest.approx(metrics[key], abs=1e-4)
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_log_file_that_cannot_be_written_does_not_bury_the_output(corpus, exported_run, tmp_path):
+    """Attack table (issue 14): on a full disk SpeechBrain's log.txt handler printed "--- Logging error ---"
+    tracebacks over the recipe's own message. A log.txt on /dev/full fails the same way."""
+    import os
+    import subprocess
+    import sys
+
+    exported, one = exported_run
+    output = tmp_path / "logged"
+    output.mkdir()
+    (output / "log.txt").symlink_to("/dev/full")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "speaker_verification.py")]
+        + exported_recipe_arguments(corpus, exported, output),
+        env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Logging error" not in result.stderr
+    assert_same_results(output, one)
+
+
 def test_two_processes_under_torchrun_give_the_results_of_one(corpus, exported_run, tmp_path):
     """Issue 13.2: torchrun shares the embedding work (one cache part per process); rank 0 scores."""
     import os
