@@ -60,7 +60,7 @@ from lap_speechbrain.inference.audio import SSL_RECEPTIVE_FIELD
 from lap_speechbrain.inference.interfaces import TRAINED_MODEL_FOLDER
 from lap_speechbrain.inference.modules import RECORDED_SETTINGS, training_record
 from lap_speechbrain.lobes import SSLSpeakerEncoder
-from lap_speechbrain.lobes.backend import EMBEDDING_DIMS
+from lap_speechbrain.lobes.backend import network_embedding_dim
 from lap_speechbrain.lobes.ssl_encoder import BACKEND_KEYS, receptive_field as cnn_receptive_field
 from lap_speechbrain.scoring.report import read_results
 
@@ -341,10 +341,10 @@ def export_model(
     # Settings not given (e.g. a reference checkpoint's dropouts) keep the encoder's defaults.
     defaults = inspect.signature(SSLSpeakerEncoder).parameters
     backend_config = {key: backend_config.get(key, defaults[key].default) for key in BACKEND_KEYS}
-    if backend_config["network"] not in EMBEDDING_DIMS:
-        raise ExportError(f"network={backend_config['network']!r}; expected one of {tuple(EMBEDDING_DIMS)}")
-    if backend_config["embedding_dim"] is None:  # the network's own size, written out for the classifier
-        backend_config["embedding_dim"] = EMBEDDING_DIMS[backend_config["network"]]
+    try:  # the network's own size when unset, written out for the classifier
+        backend_config["embedding_dim"] = network_embedding_dim(backend_config["network"], backend_config["embedding_dim"])
+    except ValueError as error:
+        raise ExportError(str(error)) from error
     rows = classifier_state["weight"].shape[0]
     if not labels or rows % len(labels):
         raise ExportError(f"the classifier has {rows} rows, not a multiple of the {len(labels)} labels")

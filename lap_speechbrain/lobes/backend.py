@@ -215,6 +215,19 @@ class SpeakerBackend(nn.Module):
         return self.network(self.aggregation(hidden_states), lengths)
 
 
+def network_embedding_dim(network: str, embedding_dim: Optional[int] = None) -> int:
+    """The embedding size of ``network``: ``embedding_dim``, or the reference's (``EMBEDDING_DIMS``) when None.
+
+    Example
+    -------
+    >>> network_embedding_dim("x-vector"), network_embedding_dim("x-vector", 128)
+    (512, 128)
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"network={network!r}; expected one of {NETWORKS}")
+    return EMBEDDING_DIMS[network] if embedding_dim is None else embedding_dim
+
+
 def build_backend(
     aggregation: str,
     network: str,
@@ -271,9 +284,7 @@ def build_backend(
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
-    if network not in NETWORKS:
-        raise ValueError(f"network={network!r}; expected one of {NETWORKS}")
-    embedding_dim = EMBEDDING_DIMS[network] if embedding_dim is None else embedding_dim
+    embedding_dim = network_embedding_dim(network, embedding_dim)
     if aggregation == "lap" and network == "astp":
         return LAPSpeakerBackend(num_layers, input_size, lap_channels, num_heads, embedding_dim,
                                  lap_dropout, layer_pooling, frame_dropout)
