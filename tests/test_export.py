@@ -61,6 +61,7 @@ from lap_speechbrain.inference import LAPSpeakerRecognition
 from lap_speechbrain.inference.modules import ModelConfigError
 from lap_speechbrain.lobes import LAPSpeakerBackend, build_backend
 from lap_speechbrain.nnet import SubCenterClassifier
+from lap_speechbrain.training.checkpoints import AtomicCheckpointer
 
 # L 5 (r 2), D 32, h 4, H 16 (attention 8), E 8, 7 classes, K 3
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -681,10 +682,11 @@ def test_exported_folder_loads_without_the_package(exported, tmp_path):
 @pytest.mark.parametrize("aggregation, network", [
     (aggregation, network) for aggregation in ("lap", "superb") for network in ("astp", "ecapa-tdnn", "x-vector", "mhfa")
 ])
-def test_every_backend_trains_in_both_stages_exports_and_loads(aggregation, network, make_encoder,
-                                                               tiny_wavlm_large, tmp_path):
-    """The eight comparison systems: a step of stage 1 (frozen SSL model) and of stage 2 (joint),
-    then the exported folder loads with EncoderClassifier and embeds as the trained encoder does.
+def test_every_backend_trains_in_both_stages_resumes_exports_and_loads(aggregation, network, make_encoder,
+                                                                       tiny_wavlm_large, tmp_path):
+    """The eight comparison systems: a step of stage 1 (frozen SSL model) and of stage 2 (joint); a
+    checkpoint recovered into a freshly built system continues exactly as the original; the exported
+    folder loads with EncoderClassifier and embeds as the trained encoder does.
     (tests/recipes/test_train_speaker_embeddings.py runs two of them through the whole recipe.)"""
     torch.manual_seed(0)
     encoder = make_encoder(tiny_wavlm_large, aggregation=aggregation, network=network, embedding_dim=None)
@@ -693,18 +695,41 @@ def test_every_backend_trains_in_both_stages_exports_and_loads(aggregation, netw
     classifier = SubCenterClassifier(encoder.embedding_dim, len(SPEAKERS))
     wavs, lengths = 0.1 * torch.randn(4, 6000), torch.tensor([1.0, 1.0, 0.8, 0.6])
     targets = torch.arange(4)
+
+    def train_step(encoder, classifier, optimizer):
+        torch.manual_seed(1)  # the same dropout draws for the original and the resumed system
+        optimizer.zero_grad()
+        logits = 30 * classifier(encoder(wavs, lengths)).squeeze(1)
+        F.cross_entropy(logits, targets).backward()
+        optimizer.step()
+
     for frozen in (True, False):
         encoder.set_ssl_frozen(frozen)
         encoder.train()
         trainable = [p for p in (*encoder.parameters(), *classifier.parameters()) if p.requires_grad]
         before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
         optimizer = torch.optim.Adam(trainable, lr=1e-3)
-        logits = 30 * classifier(encoder(wavs, lengths)).squeeze(1)
-        F.cross_entropy(logits, targets).backward()
-        optimizer.step()
+        train_step(encoder, classifier, optimizer)
         changed = {name for name, p in encoder.named_parameters() if not torch.equal(p, before[name])}
         assert any(name.startswith("backend.") for name in changed)
         assert any(name.startswith("ssl_model.") for name in changed) is not frozen
+
+    # Resume: a new system (other initial weights) recovers the checkpoint, and one more step of each agrees.
+    AtomicCheckpointer(tmp_path / "save", {"encoder": encoder, "classifier": classifier,
+                                           "optimizer": optimizer}).save_checkpoint()
+    torch.manual_seed(2)
+    resumed = make_encoder(tiny_wavlm_large, aggregation=aggregation, network=network, embedding_dim=None)
+    resumed.set_ssl_frozen(False)
+    resumed.train()
+    resumed_classifier = SubCenterClassifier(resumed.embedding_dim, len(SPEAKERS))
+    resumed_optimizer = torch.optim.Adam(
+        [p for p in (*resumed.parameters(), *resumed_classifier.parameters()) if p.requires_grad], lr=1e-3)
+    assert not all(torch.equal(value, encoder.state_dict()[key]) for key, value in resumed.state_dict().items())
+    assert AtomicCheckpointer(tmp_path / "save", {"encoder": resumed, "classifier": resumed_classifier,
+                                                  "optimizer": resumed_optimizer}).recover_if_possible()
+    train_step(encoder, classifier, optimizer)
+    train_step(resumed, resumed_classifier, resumed_optimizer)
+    torch.testing.assert_close(resumed.state_dict(), encoder.state_dict(), rtol=1e-5, atol=1e-6)
     encoder.eval()
     assert encoder.backend_config["aggregation"] == aggregation and encoder.backend_config["network"] == network
     folder = export_model(tmp_path / "model", encoder.ssl_model.model.config.to_dict(), encoder.backend_config,
