@@ -250,14 +250,6 @@ def test_comparison_checkpoints_import_and_compute_the_reference_function(fronte
     SubCenterClassifier(8, 7, 3).load_state_dict(converted["classifier"], strict=True)
 
 
-@pytest.mark.parametrize("network, marker", [("ecapa-tdnn", "layer1.conv.weight"), ("x-vector", "layers.0.weight")])
-def test_tdnn_checkpoints_are_refused_naming_the_combination(frontend_state, network, marker):
-    state = {key: value for key, value in reference_state(frontend_state).items() if not key.startswith(SPK)}
-    state[SPK + marker] = torch.zeros(4, 16, 5)
-    with pytest.raises(ReferenceCheckpointError, match=f"reference checkpoint of lap \\+ {network}, which cannot"):
-        from_reference(state)
-
-
 def test_imported_superb_mhfa_exports_and_loads(tiny_wavlm_large, tmp_path):
     frontend = WavLMModel.from_pretrained(tiny_wavlm_large)
     layers = frontend.config.num_hidden_layers + 1

@@ -112,11 +112,25 @@ def test_rows_shorter_than_the_receptive_field_raise_naming_them(fixture, make_e
     lengths = torch.tensor([4000.0, 399.0, 400.0]) / 4000
     with torch.no_grad():
         with pytest.raises(RuntimeError, match=r"rows \[1\] of the batch have \[399\] samples, fewer than the "
-                                               r"SSL model's receptive field of 400 samples"):
+                                               r"400 samples the model needs"):
             encoder(wavs, lengths)
         with pytest.raises(RuntimeError, match=r"rows \[0, 1\] of the batch have \[399, 399\] samples"):
             encoder(wavs[:2, :399])  # unpadded
         assert torch.isfinite(encoder(wavs[[0, 2]], lengths[[0, 2]])).all()  # 400 samples: one frame
+
+
+def test_the_x_vector_network_raises_the_minimum_to_its_seven_frames(make_encoder, tiny_wavlm_large):
+    """Its dilated convolutions drop 6 frames, as the reference's: 400 + 6 x 320 samples, by the same rule."""
+    encoder = make_encoder(tiny_wavlm_large, network="x-vector").eval()
+    assert encoder.min_samples == 2320
+    wavs = 0.1 * torch.randn(2, 4000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"rows \[1\] of the batch have \[2319\] samples, fewer than the "
+                                               r"2320 samples the model needs"):
+            encoder(wavs, torch.tensor([4000.0, 2319.0]) / 4000)
+        assert torch.isfinite(encoder(wavs[:, :2320])).all()
+        with pytest.raises(RuntimeError, match="the x-vector network needs at least 7 frames, got 6"):
+            encoder.backend.network(torch.randn(1, 6, encoder.backend.network.blocks[0].in_channels))
 
 
 @pytest.mark.parametrize("padding", ["zeros", "garbage"])

@@ -44,7 +44,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 import yaml
 from speechbrain.dataio.encoder import CategoricalEncoder
-from transformers import AutoConfig
+from transformers import AutoConfig, WavLMConfig
 
 from lap_speechbrain import __version__
 from lap_speechbrain.export.card import model_card
@@ -56,11 +56,10 @@ from lap_speechbrain.fileio import (
     reporting_full_disk,
     sha256_file,
 )
-from lap_speechbrain.inference.audio import SSL_RECEPTIVE_FIELD
 from lap_speechbrain.inference.interfaces import TRAINED_MODEL_FOLDER
 from lap_speechbrain.inference.modules import RECORDED_SETTINGS, training_record
 from lap_speechbrain.lobes import SSLSpeakerEncoder
-from lap_speechbrain.lobes.backend import network_embedding_dim
+from lap_speechbrain.lobes.backend import network_embedding_dim, network_min_frames
 from lap_speechbrain.lobes.ssl_encoder import BACKEND_KEYS, receptive_field as cnn_receptive_field
 from lap_speechbrain.scoring.report import read_results
 
@@ -152,19 +151,17 @@ def read_values(hyperparams: str) -> Dict[str, Any]:
     return yaml.load(hyperparams, Loader=_PlainValues)
 
 
-def receptive_field(ssl_config: Mapping[str, Any]) -> int:
-    """Samples seen by one output frame of the SSL model's CNN (400 for WavLM).
+def receptive_field(ssl_config: Mapping[str, Any], frames: int = 1) -> int:
+    """Samples the SSL model's CNN needs for ``frames`` frames (one frame: 400 for WavLM).
 
     Example
     -------
     >>> receptive_field({"conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2]})
     400
     """
-    kernels = ssl_config.get("conv_kernel")
-    strides = ssl_config.get("conv_stride")
-    if not kernels or not strides:
-        return SSL_RECEPTIVE_FIELD
-    return cnn_receptive_field(kernels, strides)
+    if not ssl_config.get("conv_kernel") or not ssl_config.get("conv_stride"):
+        ssl_config = WavLMConfig().to_dict()  # no CNN described: WavLM's
+    return cnn_receptive_field(ssl_config["conv_kernel"], ssl_config["conv_stride"], frames)
 
 
 def read_marker(folder: PathLike) -> Optional[Dict[str, Any]]:
@@ -360,7 +357,7 @@ def export_model(
         "num_classes": len(labels),
         "num_subcenters": rows // len(labels),
         "verification_threshold": float(UNCALIBRATED_THRESHOLD if threshold is None else threshold),
-        "min_audio_samples": receptive_field(ssl_config),
+        "min_audio_samples": receptive_field(ssl_config, network_min_frames(backend_config["network"])),
         "embedding_mean": None if embedding_mean is None else [float(x) for x in embedding_mean],
     }
     card = {

@@ -8,11 +8,12 @@ sub-centre AAM weight as ``aam_softmax.weight``. :func:`from_reference` reads
 the combination from the keys, renames and reshapes the tensors for the backend
 of :func:`~lap_speechbrain.lobes.build_backend`, the HF model and
 :class:`~lap_speechbrain.nnet.SubCenterClassifier`, inferring every size from
-the tensor shapes. It imports ``lap`` or ``superb`` with ``astp`` or ``mhfa``;
-``ecapa-tdnn`` and ``x-vector`` checkpoints are refused, because SpeechBrain's
-TDNN layers that those networks reuse pad differently and order the Res2Net
-groups differently, so the imported model would not compute the reference's
-function (:mod:`lap_speechbrain.lobes.networks`).
+the tensor shapes. It imports all eight combinations: ``lap`` or ``superb``
+with ``astp``, ``ecapa-tdnn``, ``x-vector`` or ``mhfa``. ECAPA-TDNN's Res2Net
+blocks order their channel groups otherwise than the reference's (SpeechBrain
+passes the first group through, the reference the last), so the channels
+between the convolutions around them are permuted on import; the imported
+model computes the reference's function (:mod:`lap_speechbrain.lobes.networks`).
 
 Authors
  * lap-speechbrain contributors 2026
@@ -21,7 +22,11 @@ Authors
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
+import inspect
+
 import torch
+
+from lap_speechbrain.lobes.networks import ECAPATDNNNetwork, XvectorNetwork
 
 DDP_PREFIX = "module."
 FRONTEND_PREFIX = "frontend."
@@ -34,7 +39,6 @@ MHFA_VALUE_PREFIX = POOLING_PREFIX + "l_pool_v."
 
 # The key prefix that marks each speaker network of the reference.
 NETWORK_MARKERS = {"astp": "t_pool.", "mhfa": "l_pool_k.", "ecapa-tdnn": "layer1.", "x-vector": "layers."}
-IMPORTABLE_NETWORKS = ("astp", "mhfa")
 # build_backend's fixed MHFA sizes (the reference's).
 MHFA_HEADS, MHFA_COMPRESSION = 64, 128
 
@@ -80,13 +84,14 @@ def from_reference(state_dict_or_path: Union[str, Path, Mapping[str, torch.Tenso
         ``num_classes`` and ``num_subcenters`` (K); with LAP also
         ``num_heads`` (h), ``squeeze_size`` (r) and ``lap_channels`` (H);
         with ASTP ``attention_channels``; with MHFA ``mhfa_heads`` and
-        ``compression_dim``.
+        ``compression_dim``; with ECAPA-TDNN ``tdnn_channels`` and
+        ``attention_channels``; with x-vector ``tdnn_channels`` and
+        ``statistics_channels``.
 
     Raises
     ------
     ReferenceCheckpointError
-        Naming a combination that cannot be imported, or listing the missing
-        and unknown keys, the tensors whose shapes do not fit the inferred
+        Listing the missing and unknown keys, the tensors whose shapes do not fit the inferred
         sizes, or sizes that ``build_backend`` cannot represent.
 
     Example
@@ -173,7 +178,7 @@ def _combination(state: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
     """(aggregation, network) of a reference checkpoint, read from its keys.
 
     A checkpoint without the marking keys is taken for LAP + ASTP, so that
-    the keys it lacks are listed. ECAPA-TDNN and x-vector are refused here.
+    the keys it lacks are listed.
     """
     network = next(
         (name for name, marker in NETWORK_MARKERS.items()
@@ -182,14 +187,6 @@ def _combination(state: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
     )
     prefix = MHFA_KEY_PREFIX if network == "mhfa" else LAP_PREFIX
     aggregation = "superb" if prefix + "layer_weights" in state else "lap"
-    if network not in IMPORTABLE_NETWORKS:
-        raise ReferenceCheckpointError(
-            f"this is a reference checkpoint of {aggregation} + {network}, which cannot be imported: "
-            f"only {IMPORTABLE_NETWORKS} networks can be (the {network} of lap_speechbrain.lobes reuses "
-            "SpeechBrain's TDNN layers, which pad and group channels differently from the reference's, "
-            "so the imported weights would not compute the reference's function); train it with the "
-            f"recipe instead (--aggregation={aggregation} --network={network})"
-        )
     return aggregation, network
 
 
@@ -197,7 +194,9 @@ def _aggregation_prefixes(aggregation: str, network: str) -> Dict[str, str]:
     """Reference prefix of each layer aggregation -> our module's name in the backend."""
     if network == "mhfa":
         return {MHFA_KEY_PREFIX: "key_aggregation", MHFA_VALUE_PREFIX: "value_aggregation"}
-    return {LAP_PREFIX: "lap" if aggregation == "lap" else "layer_sum"}
+    if network == "astp":
+        return {LAP_PREFIX: "lap" if aggregation == "lap" else "layer_sum"}
+    return {LAP_PREFIX: "aggregation"}  # SpeakerBackend
 
 
 def _size_keys(aggregation: str, network: str) -> List[str]:
@@ -208,11 +207,13 @@ def _size_keys(aggregation: str, network: str) -> List[str]:
         keys = [prefix + "sq_weight", prefix + "in_norm.weight", prefix + "out_weight.weight"]
     else:
         keys = [prefix + "layer_weights"]
-    if network == "astp":
-        keys += [POOLING_PREFIX + "t_pool.attention.0.weight", POOLING_PREFIX + "emb_weight.weight"]
-    else:
-        keys += [POOLING_PREFIX + name + ".weight" for name in ("cmp_linear_k", "att_head", "pooling_fc")]
-    return keys + [CLASSIFIER_KEY]
+    network_keys = {
+        "astp": ("t_pool.attention.0.weight", "emb_weight.weight"),
+        "mhfa": ("cmp_linear_k.weight", "att_head.weight", "pooling_fc.weight"),
+        "ecapa-tdnn": ("layer1.conv.weight", "pool.linear1.weight", "linear.weight"),
+        "x-vector": ("layers.0.weight", "layers.12.weight", "linear1.weight"),
+    }
+    return keys + [POOLING_PREFIX + key for key in network_keys[network]] + [CLASSIFIER_KEY]
 
 
 def _infer_config(state: Mapping[str, torch.Tensor], aggregation: str, network: str) -> Dict[str, Any]:
@@ -231,10 +232,18 @@ def _infer_config(state: Mapping[str, torch.Tensor], aggregation: str, network: 
             attention, frame_channels = shapes[POOLING_PREFIX + "t_pool.attention.0.weight"][:2]
             frame_channels //= 3
             embedding = shapes[POOLING_PREFIX + "emb_weight.weight"][0]
-        else:
+        elif network == "mhfa":
             compression, frame_channels = shapes[POOLING_PREFIX + "cmp_linear_k.weight"]
             mhfa_heads = shapes[POOLING_PREFIX + "att_head.weight"][0]
             embedding = shapes[POOLING_PREFIX + "pooling_fc.weight"][0]
+        elif network == "ecapa-tdnn":
+            tdnn_channels, frame_channels = shapes[POOLING_PREFIX + "layer1.conv.weight"][:2]
+            attention = shapes[POOLING_PREFIX + "pool.linear1.weight"][0]
+            embedding = shapes[POOLING_PREFIX + "linear.weight"][0]
+        else:
+            tdnn_channels, frame_channels = shapes[POOLING_PREFIX + "layers.0.weight"][:2]
+            statistics = shapes[POOLING_PREFIX + "layers.12.weight"][0]
+            embedding = shapes[POOLING_PREFIX + "linear1.weight"][0]
         subcenters, _, classes = shapes[CLASSIFIER_KEY]
     except (ValueError, IndexError) as error:
         raise ReferenceCheckpointError(
@@ -255,6 +264,13 @@ def _infer_config(state: Mapping[str, torch.Tensor], aggregation: str, network: 
         config["attention_channels"] = attention
         if attention != channels // 2:
             unsupported.append(f"attention channels {attention} (the backend uses C/2={channels // 2})")
+    elif network == "ecapa-tdnn":
+        config.update(tdnn_channels=tdnn_channels, attention_channels=attention)
+        unsupported += _fixed_size_problems(ECAPATDNNNetwork, channels=tdnn_channels, attention_channels=attention)
+    elif network == "x-vector":
+        config.update(tdnn_channels=tdnn_channels, statistics_channels=statistics)
+        unsupported += _fixed_size_problems(XvectorNetwork, hidden_channels=tdnn_channels,
+                                            statistics_channels=statistics)
     else:
         config.update(mhfa_heads=mhfa_heads, compression_dim=compression)
         if (mhfa_heads, compression) != (MHFA_HEADS, MHFA_COMPRESSION):
@@ -270,10 +286,21 @@ def _infer_config(state: Mapping[str, torch.Tensor], aggregation: str, network: 
     return config
 
 
-def _batch_norm(source: str, target: str, size: int) -> Dict[str, Rule]:
-    """Rules for one BatchNorm, buffers included."""
+def _fixed_size_problems(network: type, **sizes: int) -> List[str]:
+    """The sizes that differ from those ``build_backend`` builds ``network`` with (its defaults)."""
+    defaults = inspect.signature(network).parameters
+    return [
+        f"{network.__name__} {name}={size} (build_backend has the reference's {defaults[name].default})"
+        for name, size in sizes.items()
+        if size != defaults[name].default
+    ]
+
+
+def _batch_norm(source: str, target: str, size: int,
+                transform: Callable[[torch.Tensor], torch.Tensor] = None) -> Dict[str, Rule]:
+    """Rules for one BatchNorm, buffers included; ``transform`` applies to its per-channel tensors."""
     rules = {
-        f"{source}.{name}": (f"{target}.{name}", (size,), _same)
+        f"{source}.{name}": (f"{target}.{name}", (size,), transform or _same)
         for name in ("weight", "bias", "running_mean", "running_var")
     }
     rules[f"{source}.num_batches_tracked"] = (f"{target}.num_batches_tracked", (), _same)
@@ -287,6 +314,11 @@ def _same(tensor: torch.Tensor) -> torch.Tensor:
 def _drop_kernel(tensor: torch.Tensor) -> torch.Tensor:
     """1x1 convolution weight (out, in, 1[, 1]) -> linear weight (out, in)."""
     return tensor.reshape(tensor.shape[0], tensor.shape[1])
+
+
+def _add_kernel(tensor: torch.Tensor) -> torch.Tensor:
+    """Linear weight (out, in) -> 1x1 convolution weight (out, in, 1)."""
+    return tensor.unsqueeze(2)
 
 
 def _subcentres_to_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -308,6 +340,10 @@ def _rules(config: Dict[str, Any]) -> Dict[str, Rule]:
     embedding = config["embedding_dim"]
     if network == "astp":
         rules.update(_astp_rules(config))
+    elif network == "ecapa-tdnn":
+        rules.update(_ecapa_rules(config))
+    elif network == "x-vector":
+        rules.update(_xvector_rules(config))
     else:
         channels, compression = config["input_size"], config["compression_dim"]
         if aggregation == "lap":
@@ -350,7 +386,7 @@ def _lap_rules(lap: str, target: str, config: Dict[str, Any]) -> Dict[str, Rule]
 
 def _astp_rules(config: Dict[str, Any]) -> Dict[str, Rule]:
     """Rules of the reference's ASTP network (pooling and embedding layers)."""
-    channels = config["lap_channels"] if config["aggregation"] == "lap" else config["input_size"]
+    channels = _network_input_channels(config)
     attention, embedding = config["attention_channels"], config["embedding_dim"]
     pool = POOLING_PREFIX + "t_pool."
     rules: Dict[str, Rule] = {}
@@ -363,6 +399,88 @@ def _astp_rules(config: Dict[str, Any]) -> Dict[str, Rule]:
     rules[POOLING_PREFIX + "emb_weight.weight"] = ("backend:embedding.weight", (embedding, 2 * channels), _same)
     rules[POOLING_PREFIX + "emb_weight.bias"] = ("backend:embedding.bias", (embedding,), _same)
     rules.update(_batch_norm(POOLING_PREFIX + "emb_norm", "backend:embedding_norm", embedding))
+    return rules
+
+
+def _network_input_channels(config: Dict[str, Any]) -> int:
+    """Channels of the frames the speaker network reads: LAP's output, or the SSL width."""
+    return config["lap_channels"] if config["aggregation"] == "lap" else config["input_size"]
+
+
+def _ecapa_rules(config: Dict[str, Any]) -> Dict[str, Rule]:
+    """Rules of the reference's ECAPA-TDNN to :class:`ECAPATDNNNetwork`.
+
+    The reference's Res2Net block convolves channel groups 0..6 in a chain and
+    passes group 7 through; SpeechBrain's passes group 0 through and chains
+    groups 1..7. Rolling the channels by one group between the 1x1 convolutions
+    around the block (the output rows of the first, with its BatchNorm, and the
+    input columns of the second) makes the two compute the same function.
+    """
+    channels, frames = config["tdnn_channels"], _network_input_channels(config)
+    attention, embedding = config["attention_channels"], config["embedding_dim"]
+    with torch.device("meta"):  # only its layout is read
+        network = ECAPATDNNNetwork(frames, embedding, channels, attention)
+    scale = network.blocks[1].res2net_block.scale
+    width, aggregated = channels // scale, network.mfa[0].out_channels
+    order = torch.roll(torch.arange(channels), width)  # our channel c is the reference's order[c]
+
+    def rows(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[order]
+
+    def columns(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[:, order]
+
+    source, target = POOLING_PREFIX, "backend:network."
+    rules: Dict[str, Rule] = {}
+
+    def conv(name: str, ours: str, shape: Tuple[int, ...], weight=_same, bias=_same) -> None:
+        rules[f"{source}{name}.weight"] = (f"{target}{ours}.weight", shape, weight)
+        rules[f"{source}{name}.bias"] = (f"{target}{ours}.bias", shape[:1], bias)
+
+    conv("layer1.conv", "blocks.0.conv.conv", (channels, frames, 5))
+    rules.update(_batch_norm(source + "layer1.bn", target + "blocks.0.norm.norm", channels))
+    for block in (1, 2, 3):
+        theirs, ours = f"layer{block + 1}.se_res2block.", f"blocks.{block}."
+        conv(theirs + "0.conv", ours + "tdnn1.conv.conv", (channels, channels, 1), rows, rows)
+        rules.update(_batch_norm(source + theirs + "0.bn", target + ours + "tdnn1.norm.norm", channels, rows))
+        for index in range(scale - 1):
+            conv(f"{theirs}1.convs.{index}", f"{ours}res2net_block.blocks.{index}.conv.conv", (width, width, 3))
+            rules.update(_batch_norm(f"{source}{theirs}1.bns.{index}",
+                                     f"{target}{ours}res2net_block.blocks.{index}.norm.norm", width))
+        conv(theirs + "2.conv", ours + "tdnn2.conv.conv", (channels, channels, 1), columns)
+        rules.update(_batch_norm(source + theirs + "2.bn", target + ours + "tdnn2.norm.norm", channels))
+        squeeze = network.blocks[block].se_block.conv1.conv.out_channels
+        conv(theirs + "3.linear1", ours + "se_block.conv1.conv", (squeeze, channels), _add_kernel)
+        conv(theirs + "3.linear2", ours + "se_block.conv2.conv", (channels, squeeze), _add_kernel)
+    conv("conv", "mfa.0", (aggregated, 3 * channels, 1))
+    conv("pool.linear1", "asp.tdnn", (attention, 3 * aggregated, 1))
+    conv("pool.linear2", "asp.conv.conv", (aggregated, attention, 1))
+    rules.update(_batch_norm(source + "bn", target + "asp_bn.norm", 2 * aggregated))
+    conv("linear", "fc.conv", (embedding, 2 * aggregated), _add_kernel)
+    return rules
+
+
+def _xvector_rules(config: Dict[str, Any]) -> Dict[str, Rule]:
+    """Rules of the reference's x-vector to :class:`XvectorNetwork` (same layer indices)."""
+    hidden, statistics = config["tdnn_channels"], config["statistics_channels"]
+    embedding = config["embedding_dim"]
+    inputs = [_network_input_channels(config)] + [hidden] * 4
+    outputs = [hidden] * 4 + [statistics]
+    with torch.device("meta"):  # only its layout is read
+        network = XvectorNetwork(inputs[0], embedding, hidden, statistics)
+    kernels = [layer.kernel_size for layer in network.blocks if hasattr(layer, "kernel_size")]
+    source, target = POOLING_PREFIX, "backend:network."
+    rules: Dict[str, Rule] = {}
+    for layer, (size_in, size_out, kernel) in enumerate(zip(inputs, outputs, kernels)):
+        conv, norm = 3 * layer, 3 * layer + 2
+        rules[f"{source}layers.{conv}.weight"] = (f"{target}blocks.{conv}.conv.weight", (size_out, size_in, kernel), _same)
+        rules[f"{source}layers.{conv}.bias"] = (f"{target}blocks.{conv}.conv.bias", (size_out,), _same)
+        rules.update(_batch_norm(f"{source}layers.{norm}", f"{target}blocks.{norm}.norm", size_out))
+    linear = 3 * len(kernels) + 1  # after the statistics pooling
+    rules[source + "linear1.weight"] = (f"{target}blocks.{linear}.w.weight", (embedding, 2 * statistics), _same)
+    rules[source + "linear1.bias"] = (f"{target}blocks.{linear}.w.bias", (embedding,), _same)
+    rules[source + "linear2.weight"] = (target + "training_projection.weight", (embedding, embedding), _same)
+    rules[source + "linear2.bias"] = (target + "training_projection.bias", (embedding,), _same)
     return rules
 
 

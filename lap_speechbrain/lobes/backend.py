@@ -228,6 +228,19 @@ def network_embedding_dim(network: str, embedding_dim: Optional[int] = None) -> 
     return EMBEDDING_DIMS[network] if embedding_dim is None else embedding_dim
 
 
+def network_min_frames(network: str) -> int:
+    """The fewest frames ``network`` embeds: the x-vector's convolutions shorten the sequence.
+
+    Example
+    -------
+    >>> network_min_frames("astp"), network_min_frames("x-vector")
+    (1, 7)
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"network={network!r}; expected one of {NETWORKS}")
+    return XvectorNetwork.MIN_FRAMES if network == "x-vector" else 1
+
+
 def build_backend(
     aggregation: str,
     network: str,

@@ -15,9 +15,10 @@ from typing import Optional
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speechbrain.lobes.models.Xvector import Xvector
+from speechbrain.nnet.CNN import Conv1d
 from torch import nn
 
-from lap_speechbrain.lobes.pooling import frame_mask
+from lap_speechbrain.lobes.pooling import ReferenceAttentiveStatisticsPooling, frame_mask
 
 
 def reference_init(module: nn.Module) -> None:
@@ -112,26 +113,53 @@ class MaskedStatisticsPooling(nn.Module):
         return torch.cat([mean, torch.sqrt(variance + 1e-7)], dim=2)
 
 
+def pad_with_zeros(module: nn.Module) -> None:
+    """Makes every SpeechBrain ``Conv1d`` in ``module`` pad with zeros.
+
+    SpeechBrain's convolutions pad by reflection; the reference's (PyTorch's
+    ``nn.Conv1d``) pad with zeros.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        Changed in place.
+
+    Example
+    -------
+    >>> conv = Conv1d(4, kernel_size=3, in_channels=2)
+    >>> pad_with_zeros(conv)
+    >>> conv.padding_mode
+    'constant'
+    """
+    for layer in module.modules():
+        if isinstance(layer, Conv1d):
+            layer.padding_mode = "constant"
+
+
 class ECAPATDNNNetwork(ECAPA_TDNN):
     """ECAPA-TDNN (C = 512, global-context attention) as the reference has it.
 
-    SpeechBrain's ``ECAPA_TDNN`` with two layers swapped for the reference's
-    (WeSpeaker's) shape, which gives the reference's parameter count:
+    SpeechBrain's ``ECAPA_TDNN`` with the parts changed where the reference
+    (which takes them from WeSpeaker) differs, so that it computes the
+    reference's function:
 
+    - the convolutions pad with zeros (SpeechBrain's by reflection);
     - the multi-layer feature aggregation is a 1x1 convolution and ReLU
       without BatchNorm (SpeechBrain: a ``TDNNBlock`` with BatchNorm);
-    - the attention of the pooling is conv, tanh, conv without the ReLU and
-      BatchNorm of SpeechBrain's ``TDNNBlock`` before the tanh.
+    - the pooling's attention is conv, tanh, conv, without the ReLU and
+      BatchNorm of SpeechBrain's ``TDNNBlock`` before the tanh; its context
+      deviation is unbiased with 1e-7 added to the variance, and the pooled
+      variance is clamped at 1e-7 (:class:`ReferenceAttentiveStatisticsPooling`).
 
-    The rest stays SpeechBrain's and differs from the reference only in ways
-    that keep every shape: convolutions pad by reflection (the reference pads
-    with zeros), the Res2Net block passes its first channel group through
-    (the reference its last), and the SE blocks and pooling statistics skip
-    padded frames (the reference averages over the padded length). The
-    convolutions still see the padding at the end of a shorter utterance in a
-    padded batch, so its embedding there differs slightly from its embedding
-    alone (as with SpeechBrain's ECAPA-TDNN). The embedding has no BatchNorm
-    after the last layer (``emb_bn=False``).
+    Two differences remain. The Res2Net block passes its first channel group
+    through where the reference passes its last: the same function up to an
+    order of channels, which ``export.reference`` maps when it imports a
+    reference checkpoint. The SE blocks and the pooling skip padded frames
+    (the reference averages over the padded length), which changes nothing
+    for an unpadded input. The convolutions still see the padding at the end
+    of a shorter utterance in a padded batch, so its embedding there differs
+    slightly from its embedding alone (as with SpeechBrain's ECAPA-TDNN). The
+    embedding has no BatchNorm after the last layer (``emb_bn=False``).
 
     Arguments
     ---------
@@ -152,16 +180,20 @@ class ECAPATDNNNetwork(ECAPA_TDNN):
     """
 
     def __init__(self, input_size: int, embedding_dim: int = 192, channels: int = 512, attention_channels: int = 128):
+        aggregated = 3 * 512
         super().__init__(
             input_size,
             lin_neurons=embedding_dim,
-            channels=[channels] * 4 + [3 * 512],
+            channels=[channels] * 4 + [aggregated],
             attention_channels=attention_channels,
             global_context=True,
         )
-        aggregated = 3 * 512
         self.mfa = nn.Sequential(nn.Conv1d(3 * channels, aggregated, kernel_size=1), nn.ReLU())
+        self.asp = ReferenceAttentiveStatisticsPooling(aggregated, attention_channels, frame_dropout=0.0,
+                                                       variance_floor=1e-7, context_variance_offset=1e-7)
         self.asp.tdnn = nn.Conv1d(3 * aggregated, attention_channels, kernel_size=1)
+        self.asp.tanh = nn.Tanh()
+        pad_with_zeros(self)
         self.embedding_dim = embedding_dim
         reference_init(self)
 
@@ -186,15 +218,21 @@ class ECAPATDNNNetwork(ECAPA_TDNN):
 class XvectorNetwork(Xvector):
     """The x-vector TDNN (512 hidden, 512-d embedding) as the reference has it.
 
-    SpeechBrain's ``Xvector`` with ReLU (its default is LeakyReLU) and
-    :class:`MaskedStatisticsPooling` instead of its noisy pooling, plus the
-    reference's training-only second layer: while training the embedding is
-    ``W2 relu(W1 stats)``, which the classifier sees; in eval mode it is
-    ``W1 stats``. SpeechBrain's convolutions pad to keep the length ("same",
-    by reflection); the reference's shorten the sequence by 2 and 4 frames in
-    the dilated layers, which changes no shape. As in ECAPA-TDNN, the
-    convolutions see the padding at the end of a shorter utterance in a
-    padded batch.
+    SpeechBrain's ``Xvector`` with the parts changed where the reference
+    differs, so that it computes the reference's function:
+
+    - ReLU (SpeechBrain's default is LeakyReLU);
+    - each convolution pads (kernel - 1) / 2 zeros on each side whatever its
+      dilation, so the two dilated layers shorten the sequence by 2 and 4
+      frames (SpeechBrain keeps the length by reflection); an input needs at
+      least ``MIN_FRAMES`` (7) frames;
+    - :class:`MaskedStatisticsPooling` instead of SpeechBrain's noisy pooling;
+    - the reference's training-only second layer: while training the
+      embedding is ``W2 relu(W1 stats)``, which the classifier sees; in eval
+      mode it is ``W1 stats``.
+
+    As in ECAPA-TDNN, the convolutions see the padding at the end of a shorter
+    utterance in a padded batch.
 
     Arguments
     ---------
@@ -212,16 +250,30 @@ class XvectorNetwork(Xvector):
     >>> network = XvectorNetwork(input_size=16, embedding_dim=8, hidden_channels=12, statistics_channels=20)
     >>> network(torch.randn(2, 20, 16), torch.tensor([1.0, 0.6])).shape
     torch.Size([2, 1, 8])
+    >>> network.MIN_FRAMES
+    7
     """
+
+    KERNEL_SIZES = (5, 3, 3, 1, 1)
+    DILATIONS = (1, 2, 3, 1, 1)
+    # Padding (k - 1) / 2 whatever the dilation, each layer drops (d - 1)(k - 1) frames.
+    LOST_FRAMES = sum((dilation - 1) * (kernel - 1) for kernel, dilation in zip(KERNEL_SIZES, DILATIONS))
+    MIN_FRAMES = LOST_FRAMES + 1
 
     def __init__(self, input_size: int, embedding_dim: int = 512, hidden_channels: int = 512,
                  statistics_channels: int = 1500):
         super().__init__(
             activation=nn.ReLU,
             tdnn_channels=[hidden_channels] * 4 + [statistics_channels],
+            tdnn_kernel_sizes=list(self.KERNEL_SIZES),
+            tdnn_dilations=list(self.DILATIONS),
             lin_neurons=embedding_dim,
             in_channels=input_size,
         )
+        for layer in self.blocks:
+            if isinstance(layer, Conv1d):
+                layer.padding = "valid"  # SpeechBrain pads nothing; PyTorch's layer pads the reference's zeros
+                layer.conv.padding = ((layer.kernel_size - 1) // 2,)
         self.blocks[-2] = MaskedStatisticsPooling()
         self.training_projection = nn.Linear(embedding_dim, embedding_dim)
         self.embedding_dim = embedding_dim
@@ -233,7 +285,7 @@ class XvectorNetwork(Xvector):
         Arguments
         ---------
         frames : torch.Tensor
-            (B, T, C).
+            (B, T, C), T at least ``MIN_FRAMES``.
         lengths : torch.Tensor or None
             Relative lengths (B,).
 
@@ -242,6 +294,12 @@ class XvectorNetwork(Xvector):
         torch.Tensor
             (B, 1, embedding_dim).
         """
+        total = frames.shape[1]
+        if total < self.MIN_FRAMES:  # RuntimeError, as SSLSpeakerEncoder's rule for too short rows
+            raise RuntimeError(f"the x-vector network needs at least {self.MIN_FRAMES} frames, got {total}")
+        if lengths is not None:  # each row's valid frames after the convolutions, relative to the shorter output
+            valid = torch.round(lengths.float() * total) - self.LOST_FRAMES
+            lengths = valid.clamp(min=1) / (total - self.LOST_FRAMES)
         embedding = super().forward(frames, lengths)
         if self.training:
             return self.training_projection(torch.relu(embedding))

@@ -52,7 +52,9 @@ class ReferenceAttentiveStatisticsPooling(AttentiveStatisticsPooling):
     1x1 conv) but differs where the reference differs, so it overrides
     ``forward``: no tanh before the last conv, an unbiased global standard
     deviation for the context, random frame dropout in the attention during
-    training, and a 1e-4 floor on the pooled variance.
+    training, and a 1e-4 floor on the pooled variance. The reference's
+    ECAPA-TDNN pools with the same statistics but other constants, which
+    ``variance_floor`` and ``context_variance_offset`` take.
 
     Arguments
     ---------
@@ -64,6 +66,8 @@ class ReferenceAttentiveStatisticsPooling(AttentiveStatisticsPooling):
         Probability that a frame is excluded from the attention while training.
     variance_floor : float
         Lower clamp of the attention-weighted variance before the square root.
+    context_variance_offset : float
+        Added to the context's variance before its square root.
 
     Example
     -------
@@ -78,11 +82,13 @@ class ReferenceAttentiveStatisticsPooling(AttentiveStatisticsPooling):
         attention_channels: int = 256,
         frame_dropout: float = 0.1,
         variance_floor: float = 1e-4,
+        context_variance_offset: float = 0.0,
     ):
         super().__init__(channels, attention_channels, global_context=True)
         self.tanh = nn.Identity()  # the reference has no tanh in the attention
         self.frame_dropout = frame_dropout
         self.variance_floor = variance_floor
+        self.context_variance_offset = context_variance_offset
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pools weighted mean and standard deviation over time.
@@ -105,7 +111,8 @@ class ReferenceAttentiveStatisticsPooling(AttentiveStatisticsPooling):
         count = weights.sum(dim=2, keepdim=True)
         mean = (x * weights).sum(dim=2, keepdim=True) / count
         squares = ((x - mean) ** 2 * weights).sum(dim=2, keepdim=True)
-        std = torch.sqrt((squares / (count - 1).clamp(min=1)).clamp(min=self.eps))
+        variance = squares / (count - 1).clamp(min=1) + self.context_variance_offset
+        std = torch.sqrt(variance.clamp(min=self.eps))
         context = torch.cat(
             [x, mean.expand(-1, -1, frames), std.expand(-1, -1, frames)], dim=1
         )

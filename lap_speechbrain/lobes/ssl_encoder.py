@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lap_speechbrain.lobes.backend import build_backend
+from lap_speechbrain.lobes.backend import build_backend, network_min_frames
 
 # The backend settings a model folder records: the arguments of build_backend
 # except the two sizes, which come from the SSL model's config.
@@ -19,19 +19,22 @@ BACKEND_KEYS = ("aggregation", "network", "lap_channels", "num_heads", "embeddin
                 "layer_pooling", "frame_dropout")
 
 
-def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
-    """Samples seen by one output frame of a stack of 1-d convolutions (400 for WavLM's CNN).
+def receptive_field(kernels: Sequence[int], strides: Sequence[int], frames: int = 1) -> int:
+    """Samples that a stack of 1-d convolutions needs for ``frames`` output frames
+    (one frame: 400 for WavLM's CNN; each further frame adds the total stride, 320).
 
     Example
     -------
     >>> receptive_field([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2])
     400
+    >>> receptive_field([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2], frames=7)
+    2320
     """
     field, jump = 1, 1
     for kernel, stride in zip(kernels, strides):
         field += (kernel - 1) * jump
         jump *= stride
-    return field
+    return field + (frames - 1) * jump
 
 
 def masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -138,7 +141,8 @@ class SSLSpeakerEncoder(nn.Module):
       default, see the attribute); both make the embedding independent of the
       batch it is in. Batches without padding (training crops) run batched.
     - A row shorter than the CNN's receptive field (:attr:`min_samples`, 400
-      samples for WavLM) has no frame to embed: it raises ``RuntimeError``
+      samples for WavLM; 2,320 with the x-vector network, which needs 7
+      frames) has too few frames to embed: it raises ``RuntimeError``
       naming the row, for either model type (a Base-type CNN would fail on
       it, a Large-type one would embed padding). pyannote.audio's
       minimum-length search expects this ``RuntimeError``.
@@ -184,7 +188,7 @@ class SSLSpeakerEncoder(nn.Module):
         self.num_layers = config.num_hidden_layers + 1
         self.input_size = config.hidden_size
         self.pads_by_group_norm = getattr(config, "feat_extract_norm", "") == "group"
-        self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
+        self.min_samples = receptive_field(config.conv_kernel, config.conv_stride, network_min_frames(network))
         # How a padded batch of a GroupNorm front end runs: "masked" (one batched
         # call, valid-frame statistics) or "per_utterance". Same embeddings. On CPU
         # "masked" was not reliably faster and took 8-10x the memory (README,
@@ -367,8 +371,9 @@ class SSLSpeakerEncoder(nn.Module):
         short = (samples < self.min_samples).nonzero()[:, 0].tolist()
         if short:
             raise RuntimeError(
-                f"rows {short} of the batch have {samples[short].tolist()} samples, fewer than the SSL "
-                f"model's receptive field of {self.min_samples} samples: no frame to embed; leave them out"
+                f"rows {short} of the batch have {samples[short].tolist()} samples, fewer than the "
+                f"{self.min_samples} samples the model needs (the SSL model's receptive field, and the frames "
+                f"its speaker network needs): too few frames to embed; leave them out"
             )
 
     def hidden_states(
