@@ -8,6 +8,7 @@ time over its own frames, as the reference embeds an utterance.
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import WavLMModel
 from test_export import (  # noqa: F401 (frontend_state is a fixture)
     comparison_state,
     frontend_state,
@@ -16,7 +17,9 @@ from test_export import (  # noqa: F401 (frontend_state is a fixture)
 )
 from test_lobes import LAP, SPK
 
+from lap_speechbrain.export.folder import export_reference
 from lap_speechbrain.export.reference import BACKEND_ARGUMENTS, ReferenceCheckpointError, from_reference
+from lap_speechbrain.inference import LAPSpeakerRecognition
 from lap_speechbrain.lobes import build_backend
 from lap_speechbrain.nnet import SubCenterClassifier
 
@@ -28,8 +31,8 @@ XVECTOR_KERNELS, XVECTOR_DILATIONS = (5, 3, 3, 1, 1), (1, 2, 3, 1, 1)
 
 
 def random_layers(shapes, generator):
-    """Reference-layout tensors for {name: weight shape}: weight, bias, and BatchNorm buffers for names
-    ending in "bn" (or "bns.i" / a BatchNorm index given as a 1-tuple shape)."""
+    """Reference-layout tensors for {name: shape}: a weight and a bias, or for a one-element shape
+    (a BatchNorm's channels) its parameters and buffers."""
     state = {}
     for name, shape in shapes.items():
         if len(shape) == 1:  # a BatchNorm
@@ -73,12 +76,12 @@ def xvector_shapes(frames, embedding):
     return shapes
 
 
-def tdnn_state(frontend, aggregation, network, seed=3, embedding=8):
-    """A reference ``model.state`` of lap/superb + ecapa-tdnn or x-vector."""
+def tdnn_state(frontend, aggregation, network, seed=3, embedding=8, L=5):
+    """A reference ``model.state`` of lap/superb + ecapa-tdnn or x-vector (SSL width 32)."""
     if aggregation == "lap":
-        state = reference_state(frontend, seed=seed)
+        state = reference_state(frontend, seed=seed, L=L)
     else:
-        state = comparison_state(frontend, aggregation, "astp", seed=seed)
+        state = comparison_state(frontend, aggregation, "astp", seed=seed, L=L)
     state = {key: value for key, value in state.items() if not key.startswith(SPK)}
     frames = 32 if aggregation == "superb" else 16  # the SSL width or LAP's output
     shapes = (ecapa_shapes if network == "ecapa-tdnn" else xvector_shapes)(frames, embedding)
@@ -91,7 +94,8 @@ def batch_norm(state, prefix, x):
     """Eval-mode BatchNorm over the channels of (C, T) or (C,)."""
     shape = (-1, 1) if x.dim() == 2 else (-1,)
     mean, var = state[prefix + ".running_mean"].view(shape), state[prefix + ".running_var"].view(shape)
-    return (x - mean) / torch.sqrt(var + 1e-5) * state[prefix + ".weight"].view(shape) + state[prefix + ".bias"].view(shape)
+    scale, shift = state[prefix + ".weight"].view(shape), state[prefix + ".bias"].view(shape)
+    return (x - mean) / torch.sqrt(var + 1e-5) * scale + shift
 
 
 def conv(state, prefix, x, padding=0, dilation=1):
@@ -203,3 +207,23 @@ def test_tdnn_sizes_other_than_build_backends_are_refused_naming_them(frontend_s
     state[SPK + "layers.12.weight"] = torch.zeros(1000, 512, 1, dtype=torch.float64)
     with pytest.raises(ReferenceCheckpointError, match=r"XvectorNetwork statistics_channels=1000"):
         from_reference(state)
+
+
+def test_an_imported_x_vector_exports_loads_and_embeds_as_the_reference(tiny_wavlm_large, tmp_path):
+    """The whole path of `lap-speechbrain export --reference-checkpoint` for a TDNN network, and the
+    x-vector's minimum length carried into the exported yaml."""
+    frontend = WavLMModel.from_pretrained(tiny_wavlm_large)
+    state = tdnn_state(frontend.state_dict(), "lap", "x-vector", L=frontend.config.num_hidden_layers + 1)
+    torch.save({key: value.float() if value.is_floating_point() else value for key, value in state.items()},
+               tmp_path / "model.state")
+    folder = export_reference(tmp_path / "model.state", tiny_wavlm_large, tmp_path / "imported")
+    model = LAPSpeakerRecognition.from_hparams(source=str(folder))
+    hparams = model.hparams
+    assert (hparams.network, hparams.embedding_dim, hparams.min_audio_samples) == ("x-vector", 8, 2320)
+    wav = 0.1 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(4))
+    encoder = model.mods.embedding_model
+    with torch.no_grad():
+        hidden_states = encoder.hidden_states(wav).double()
+        ours = model.encode_batch(wav).reshape(-1).double()
+    expected = reference_xvector(state, reference_aggregation(state, LAP, hidden_states)[0])
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)

@@ -473,7 +473,8 @@ def _xvector_rules(config: Dict[str, Any]) -> Dict[str, Rule]:
     rules: Dict[str, Rule] = {}
     for layer, (size_in, size_out, kernel) in enumerate(zip(inputs, outputs, kernels)):
         conv, norm = 3 * layer, 3 * layer + 2
-        rules[f"{source}layers.{conv}.weight"] = (f"{target}blocks.{conv}.conv.weight", (size_out, size_in, kernel), _same)
+        shape = (size_out, size_in, kernel)
+        rules[f"{source}layers.{conv}.weight"] = (f"{target}blocks.{conv}.conv.weight", shape, _same)
         rules[f"{source}layers.{conv}.bias"] = (f"{target}blocks.{conv}.conv.bias", (size_out,), _same)
         rules.update(_batch_norm(f"{source}layers.{norm}", f"{target}blocks.{norm}.norm", size_out))
     linear = 3 * len(kernels) + 1  # after the statistics pooling
