@@ -19,10 +19,9 @@ Authors
  * lap-speechbrain contributors 2026
 """
 
+import inspect
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
-
-import inspect
 
 import torch
 
@@ -91,8 +90,9 @@ def from_reference(state_dict_or_path: Union[str, Path, Mapping[str, torch.Tenso
     Raises
     ------
     ReferenceCheckpointError
-        Listing the missing and unknown keys, the tensors whose shapes do not fit the inferred
-        sizes, or sizes that ``build_backend`` cannot represent.
+        Listing the missing and unknown keys, the tensors whose shapes do
+        not fit the inferred sizes, or sizes that ``build_backend`` cannot
+        represent.
 
     Example
     -------

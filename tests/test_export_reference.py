@@ -1,4 +1,5 @@
-"""Import of the reference's ECAPA-TDNN and x-vector checkpoints (export.reference).
+"""export.reference: import of the reference's ECAPA-TDNN and x-vector checkpoints (its LAP, SUPERB,
+ASTP and MHFA imports are tested in test_export.py, whose reference-layout states these build on).
 
 Each imported backend is checked against the reference's networks restated
 here as plain functions of the reference-layout state dict, one utterance at a
