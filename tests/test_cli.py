@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import write_voices
-from test_export import FakeApi, reference_state
+from test_export import FakeApi
+from test_export_reference import reference_state
 from test_fileio import kill_mid_write
 from test_inference import (
     BACKEND,

@@ -3,7 +3,7 @@
 This module also holds an independent implementation of LAP + ASTP written
 plainly from docs/lap_spec.md sections 2 and 3 (einsum and a loop over utterances),
 reading the reference implementation's checkpoint layout (section 7). The
-project's modules are compared with it here, and ``test_export.py`` uses it to
+project's modules are compared with it here, and ``test_export_reference.py`` uses it to
 check that converted reference checkpoints compute the same function.
 """
 
