@@ -296,6 +296,16 @@ def _fixed_size_problems(network: type, **sizes: int) -> List[str]:
     ]
 
 
+def _weight_and_bias(source: str, target: str, shape: Tuple[int, ...],
+                     weight: Callable[[torch.Tensor], torch.Tensor] = None,
+                     bias: Callable[[torch.Tensor], torch.Tensor] = None) -> Dict[str, Rule]:
+    """Rules for one layer's weight of ``shape`` and its bias, with optional transforms."""
+    return {
+        f"{source}.weight": (f"{target}.weight", shape, weight or _same),
+        f"{source}.bias": (f"{target}.bias", shape[:1], bias or _same),
+    }
+
+
 def _batch_norm(source: str, target: str, size: int,
                 transform: Callable[[torch.Tensor], torch.Tensor] = None) -> Dict[str, Rule]:
     """Rules for one BatchNorm, buffers included; ``transform`` applies to its per-channel tensors."""
@@ -345,9 +355,7 @@ def _rules(config: Dict[str, Any]) -> Dict[str, Rule]:
     elif network == "x-vector":
         rules.update(_xvector_rules(config))
     else:
-        channels, compression = config["input_size"], config["compression_dim"]
-        if aggregation == "lap":
-            channels = config["lap_channels"]
+        channels, compression = _network_input_channels(config), config["compression_dim"]
         shapes = {
             "cmp_linear_k": ("key_compression", (compression, channels)),
             "cmp_linear_v": ("value_compression", (compression, channels)),
@@ -355,8 +363,7 @@ def _rules(config: Dict[str, Any]) -> Dict[str, Rule]:
             "pooling_fc": ("projection", (embedding, config["mhfa_heads"] * compression)),
         }
         for source, (target, shape) in shapes.items():
-            rules[f"{POOLING_PREFIX}{source}.weight"] = (f"backend:{target}.weight", shape, _same)
-            rules[f"{POOLING_PREFIX}{source}.bias"] = (f"backend:{target}.bias", shape[:1], _same)
+            rules.update(_weight_and_bias(POOLING_PREFIX + source, f"backend:{target}", shape))
     rules[CLASSIFIER_KEY] = (
         "classifier:weight",
         (config["num_subcenters"], embedding, config["num_classes"]),
@@ -433,9 +440,8 @@ def _ecapa_rules(config: Dict[str, Any]) -> Dict[str, Rule]:
     source, target = POOLING_PREFIX, "backend:network."
     rules: Dict[str, Rule] = {}
 
-    def conv(name: str, ours: str, shape: Tuple[int, ...], weight=_same, bias=_same) -> None:
-        rules[f"{source}{name}.weight"] = (f"{target}{ours}.weight", shape, weight)
-        rules[f"{source}{name}.bias"] = (f"{target}{ours}.bias", shape[:1], bias)
+    def conv(name: str, ours: str, shape: Tuple[int, ...], weight=None, bias=None) -> None:
+        rules.update(_weight_and_bias(source + name, target + ours, shape, weight, bias))
 
     conv("layer1.conv", "blocks.0.conv.conv", (channels, frames, 5))
     rules.update(_batch_norm(source + "layer1.bn", target + "blocks.0.norm.norm", channels))
@@ -464,24 +470,19 @@ def _xvector_rules(config: Dict[str, Any]) -> Dict[str, Rule]:
     """Rules of the reference's x-vector to :class:`XvectorNetwork` (same layer indices)."""
     hidden, statistics = config["tdnn_channels"], config["statistics_channels"]
     embedding = config["embedding_dim"]
-    inputs = [_network_input_channels(config)] + [hidden] * 4
-    outputs = [hidden] * 4 + [statistics]
-    with torch.device("meta"):  # only its layout is read
-        network = XvectorNetwork(inputs[0], embedding, hidden, statistics)
-    kernels = [layer.kernel_size for layer in network.blocks if hasattr(layer, "kernel_size")]
+    kernels = XvectorNetwork.KERNEL_SIZES
+    inputs = [_network_input_channels(config)] + [hidden] * (len(kernels) - 1)
+    outputs = [hidden] * (len(kernels) - 1) + [statistics]
     source, target = POOLING_PREFIX, "backend:network."
     rules: Dict[str, Rule] = {}
     for layer, (size_in, size_out, kernel) in enumerate(zip(inputs, outputs, kernels)):
-        conv, norm = 3 * layer, 3 * layer + 2
-        shape = (size_out, size_in, kernel)
-        rules[f"{source}layers.{conv}.weight"] = (f"{target}blocks.{conv}.conv.weight", shape, _same)
-        rules[f"{source}layers.{conv}.bias"] = (f"{target}blocks.{conv}.conv.bias", (size_out,), _same)
+        conv, norm = 3 * layer, 3 * layer + 2  # conv, ReLU, BatchNorm in both
+        rules.update(_weight_and_bias(f"{source}layers.{conv}", f"{target}blocks.{conv}.conv",
+                                      (size_out, size_in, kernel)))
         rules.update(_batch_norm(f"{source}layers.{norm}", f"{target}blocks.{norm}.norm", size_out))
     linear = 3 * len(kernels) + 1  # after the statistics pooling
-    rules[source + "linear1.weight"] = (f"{target}blocks.{linear}.w.weight", (embedding, 2 * statistics), _same)
-    rules[source + "linear1.bias"] = (f"{target}blocks.{linear}.w.bias", (embedding,), _same)
-    rules[source + "linear2.weight"] = (target + "training_projection.weight", (embedding, embedding), _same)
-    rules[source + "linear2.bias"] = (target + "training_projection.bias", (embedding,), _same)
+    rules.update(_weight_and_bias(source + "linear1", f"{target}blocks.{linear}.w", (embedding, 2 * statistics)))
+    rules.update(_weight_and_bias(source + "linear2", target + "training_projection", (embedding, embedding)))
     return rules
 
 
